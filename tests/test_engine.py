@@ -1,0 +1,237 @@
+"""Engine equivalences: data parallel, gradient accumulation, resume, exact eval, atomic saves.
+
+Every comparison is between two runs of the real engine that must agree for a reason
+(same global batch, same data order, same RNG), so a bug on either side shows up as a diff.
+"""
+import os
+import re
+import socket
+import subprocess
+import sys
+
+import numpy as np
+import paddle
+import pytest
+
+from plsc.config import get_config
+from plsc.engine import Engine
+from plsc.engine import checkpoint as ckpt
+from plsc.errors import ConfigError, TrainingError
+from tiny import ROOT, run_tool, tiny_config
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory):
+    return tmp_path_factory.mktemp("shapes")
+
+
+def params(out_dir, prefix="latest"):
+    return paddle.load(os.path.join(out_dir, "VisionTransformer", prefix + ".pdparams"))
+
+
+def max_diff(a, b):
+    assert a.keys() == b.keys()
+    return max(float(np.abs(np.asarray(a[k]) - np.asarray(b[k])).max()) for k in a)
+
+
+def train(path, *overrides):
+    cfg = get_config(path, list(overrides))
+    engine = Engine(cfg, "train")
+    engine.train()
+    return engine
+
+
+def test_accum_2_equals_double_batch(tmp_path, data_root):
+    a = tiny_config(tmp_path / "a", data_root, batch_size=4, **{"Global.accum_steps": 2,
+                                                                "Global.max_train_step": 3})
+    b = tiny_config(tmp_path / "b", data_root, batch_size=8, **{"Global.max_train_step": 3})
+    ea, eb = train(a), train(b)
+    assert ea.global_step == eb.global_step == 3
+    assert max_diff(params(tmp_path / "a/out"), params(tmp_path / "b/out")) <= 1e-5
+    # ...and the run really changed the weights (otherwise equality proves nothing)
+    init = Engine(get_config(b), "train").model.state_dict()
+    assert max_diff(params(tmp_path / "b/out"), {k: v.numpy() for k, v in init.items()}) > 1e-3
+
+
+def test_resume_mid_epoch_equals_uninterrupted(tmp_path, data_root):
+    # 32 train images / batch 4 = 8 steps per epoch: stop at 3 (mid-epoch 1), resume to 11
+    # (mid-epoch 2): the resumed run must cross the epoch boundary and its eval exactly as before.
+    full = tiny_config(tmp_path / "full", data_root, **{"Global.max_train_step": 11,
+                                                        "Model.drop_rate": 0.1})
+    part = tiny_config(tmp_path / "part", data_root, **{"Global.max_train_step": 3,
+                                                        "Model.drop_rate": 0.1})
+    e_full = train(full)
+    train(part)
+    out = tmp_path / "part/out/VisionTransformer"
+    opt = paddle.load(str(out / "latest.pdopt"))
+    assert any(k.startswith("blocks.0.attn.qkv.weight_moment1") for k in opt["optimizer"]), \
+        "optimizer state must be keyed by structured parameter names"
+    e_res = train(part, f"Global.checkpoint={out / 'latest'}", "Global.max_train_step=11")
+    assert e_res.global_step == 11 and e_res.epoch == e_full.epoch == 1
+    assert max_diff(params(tmp_path / "full/out"), params(tmp_path / "part/out")) == 0.0
+    assert e_res.best_top1 == e_full.best_top1
+    assert abs(e_res.lr.get_lr() - e_full.lr.get_lr()) == 0.0
+
+
+def test_data_parallel_2_procs_equals_1_proc_double_batch(tmp_path, data_root):
+    dp = tiny_config(tmp_path / "dp", data_root, batch_size=4, **{"Global.max_train_step": 3})
+    single = tiny_config(tmp_path / "single", data_root, batch_size=8,
+                         **{"Global.max_train_step": 3})
+    r = run_tool("train", ["-c", dp], nproc=2, log_dir=tmp_path / "logs")
+    assert r.returncode == 0, r.stdout + r.stderr + _worker_logs(tmp_path / "logs")
+    train(single)
+    assert max_diff(params(tmp_path / "dp/out"), params(tmp_path / "single/out")) <= 1e-5
+
+
+def _worker_logs(log_dir):
+    text = ""
+    for name in sorted(os.listdir(log_dir)) if os.path.isdir(log_dir) else []:
+        text += open(os.path.join(log_dir, name), errors="replace").read()[-3000:]
+    return text
+
+
+def test_eval_exact_over_uneven_shards(tmp_path, data_root):
+    """13 eval images on 2 processes: the union of shards is the dataset once, so the metrics
+    equal the single-process ones (PLSC counts the padded repeats)."""
+    path = tiny_config(tmp_path, data_root, **{"Global.max_train_step": 2})
+    train(path)
+    weights = str(tmp_path / "out/VisionTransformer/latest")
+    one = run_tool("eval", ["-c", path, "-o", f"Global.pretrained_model={weights}"])
+    two = run_tool("eval", ["-c", path, "-o", f"Global.pretrained_model={weights}"], nproc=2,
+                   log_dir=tmp_path / "logs")
+    assert one.returncode == 0, one.stderr
+    assert two.returncode == 0, two.stderr + _worker_logs(tmp_path / "logs")
+    line1 = re.search(r"^eval: .*$", one.stdout, re.M).group(0)
+    line2 = re.search(r"^eval: .*$", two.stdout + _worker_logs(tmp_path / "logs"), re.M).group(0)
+    assert line1 == line2
+    assert "(13 images" in one.stdout
+
+
+def test_two_nodes_over_loopback(tmp_path, data_root):
+    """Two launches with --nnodes 2 rendezvous on 127.0.0.1 and train like one process x 2b."""
+    nodes = tiny_config(tmp_path / "nodes", data_root, batch_size=4, **{"Global.max_train_step": 2})
+    single = tiny_config(tmp_path / "single", data_root, batch_size=8,
+                         **{"Global.max_train_step": 2})
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    procs = [subprocess.Popen(
+        [sys.executable, "-m", "paddle.distributed.launch", "--nnodes", "2", "--master",
+         f"127.0.0.1:{port}", "--rank", str(rank), "--nproc_per_node", "1", "--log_dir",
+         str(tmp_path / f"log{rank}"), os.path.join(ROOT, "tools/train.py"), "-c", nodes],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, cwd=ROOT) for rank in (0, 1)]
+    try:
+        for p in procs:
+            p.wait(timeout=240)
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    assert [p.returncode for p in procs] == [0, 0], _worker_logs(tmp_path / "log0") + \
+        _worker_logs(tmp_path / "log1")
+    train(single)
+    assert max_diff(params(tmp_path / "nodes/out"), params(tmp_path / "single/out")) <= 1e-5
+
+
+def _trained_then_changed(tmp_path, data_root):
+    path = tiny_config(tmp_path, data_root, **{"Global.max_train_step": 2})
+    engine = train(path)
+    out = tmp_path / "out/VisionTransformer"
+    before = params(tmp_path / "out")
+    for p in engine.model.parameters():  # what a later save would write
+        p.set_value(p.numpy() + 1.0)
+    engine.global_step += 1
+    return engine, out, before
+
+
+def test_crash_while_writing_keeps_previous_checkpoint(tmp_path, data_root, monkeypatch):
+    engine, out, before = _trained_then_changed(tmp_path, data_root)
+    real_save = paddle.save
+
+    def dying_save(obj, path, *a, **k):  # writes half a file, then the process dies
+        if ".pdopt" in path:
+            with open(path, "wb") as f:
+                f.write(b"\x80\x04partial")
+            raise KeyboardInterrupt("killed while saving")
+        return real_save(obj, path, *a, **k)
+
+    monkeypatch.setattr(ckpt.paddle, "save", dying_save)
+    with pytest.raises(KeyboardInterrupt):
+        engine.save("latest")
+    monkeypatch.undo()
+    assert not [f for f in os.listdir(out) if ".tmp-" in f], "temporary files must be cleaned"
+    p, _, st = ckpt.load_resume(str(out / "latest"))
+    assert st["global_step"] == 2 and max_diff(p, before) == 0.0
+
+
+def test_crash_between_renames_falls_back_to_previous_set(tmp_path, data_root, monkeypatch):
+    engine, out, before = _trained_then_changed(tmp_path, data_root)
+    real_replace = os.replace
+    calls = []
+
+    def dying_replace(src, dst):
+        if dst.endswith("latest.pdopt"):  # .pdparams is already new, .pdopt/.pdstates old
+            raise KeyboardInterrupt("killed between renames")
+        calls.append(dst)
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(ckpt.os, "replace", dying_replace)
+    with pytest.raises(KeyboardInterrupt):
+        engine.save("latest")
+    monkeypatch.undo()
+    assert str(out / "latest.pdparams") in calls
+    assert "torn save" in ckpt.torn_reason(str(out / "latest"))
+    warnings = []
+    p, _, st = ckpt.load_resume(str(out / "latest"), log=warnings.append)
+    assert st["global_step"] == 2 and max_diff(p, before) == 0.0
+    assert "using the previous checkpoint" in warnings[0]
+    # and a later successful save leaves one consistent set and no backup behind
+    engine.save("latest")
+    assert ckpt.torn_reason(str(out / "latest")) is None
+    assert not [f for f in os.listdir(out) if f.startswith(".latest.bak")]
+
+
+def test_checkpoint_files_and_retention(tmp_path, data_root):
+    path = tiny_config(tmp_path, data_root, epochs=3, **{"Global.max_num_latest_checkpoint": 2})
+    e = train(path)
+    out = tmp_path / "out/VisionTransformer"
+    names = sorted(os.listdir(out))
+    for prefix in ("latest", "best_model", "epoch_2", "epoch_3"):
+        for ext in ckpt.EXTS:
+            assert prefix + ext in names
+    assert "epoch_1.pdparams" not in names  # only the newest 2 are kept
+    assert "config.yaml" in names and "train.log" in names
+    st = paddle.load(str(out / "latest.pdstates"))
+    assert st["epoch"] == 3 and st["global_step"] == 24 and st["best_top1"] == e.best_top1
+    log = open(out / "train.log").read()
+    assert re.search(r"\[Train\]\[Epoch 1/3\]\[Iter: 1/8\]lr: [\d.e-]+, loss: [\d.]+, top1: [\d.]+, "
+                     r"top2: [\d.]+, batch_cost: [\d.]+s, reader_cost: [\d.]+s, ips: [\d.]+ "
+                     r"images/sec, eta: \d+:\d\d:\d\d", log)
+    assert re.search(r"\[Eval\]\[Epoch 3\]\[Avg\]loss: [\d.]+, top1: [\d.]+, top2: [\d.]+ "
+                     r"\(13 images", log)
+    assert "[Train] finished: 24 steps, 3 epoch(s)" in log
+
+
+def test_nan_loss_stops_after_max_nan_steps(tmp_path, data_root):
+    # std 0 makes every pixel inf, so the loss is NaN from the first step
+    path = tiny_config(tmp_path, data_root, **{"Global.max_nan_steps": 2})
+    cfg = get_config(path, ["DataLoader.Train.dataset.transform_ops.2.NormalizeImage.std=[0,0,0]"])
+    engine = Engine(cfg, "train")
+    before = {k: v.numpy().copy() for k, v in engine.model.state_dict().items()}
+    with pytest.raises(TrainingError, match=r"loss was NaN/inf for 2 consecutive steps "
+                                            r"\(Global.max_nan_steps\) at epoch 1, step 1"):
+        engine.train()
+    after = {k: v.numpy() for k, v in engine.model.state_dict().items()}
+    assert max_diff(before, after) == 0.0  # skipped steps never touched the weights
+
+
+def test_batch_larger_than_dataset_is_one_clear_error(tmp_path, data_root):
+    path = tiny_config(tmp_path, data_root, batch_size=64)
+    r = run_tool("train", ["-c", path])
+    assert r.returncode == 2
+    err = [line for line in r.stderr.splitlines() if line.startswith("error:")]
+    assert err == ["error: DataLoader.Train: 32 samples make 0 batch(es) of 64 per device on 1 "
+                   "device(s); accum_steps=1 needs at least that many: lower the batch size or "
+                   "accum_steps"]
+    assert "Traceback" not in r.stderr
