@@ -15,6 +15,10 @@ def closest(name, candidates, n=3):
     return difflib.get_close_matches(str(name), list(candidates), n=n, cutoff=0.5)
 
 
+def _qualname(obj):
+    return f"{getattr(obj, '__module__', '?')}.{getattr(obj, '__qualname__', repr(obj))}"
+
+
 class Registry:
     def __init__(self, kind):
         self.kind = kind  # "model", "loss", ...: used in error messages
@@ -24,7 +28,11 @@ class Registry:
         def decorator(obj):
             key = name or obj.__name__
             if key in self._entries:
-                raise KeyError(f"{self.kind} '{key}' is registered twice")
+                first = self._entries[key]
+                raise KeyError(
+                    f"{self.kind} '{key}' is registered twice: "
+                    f"{_qualname(first)} and {_qualname(obj)}"
+                )
             self._entries[key] = obj
             return obj
 
@@ -42,7 +50,7 @@ class Registry:
             if close:
                 hint = "did you mean " + " or ".join(f"'{c}'" for c in close) + "?"
             else:
-                hint = "registered: " + ", ".join(self.names())
+                hint = "registered: " + (", ".join(self.names()) or "none")
             raise ConfigError(f"unknown {self.kind} '{name}'; {hint}")
         return self._entries[name]
 

@@ -1,0 +1,124 @@
+"""plsc-benchmark / tools/benchmark.py: measured speed, printed, with baselines from the same run.
+
+    python tools/benchmark.py train --model ViT_tiny_patch16_224 --batch-size 32 --steps 10
+        training images/s of the engine, and of a bare Paddle loop over the same model, batch,
+        loss, optimizer and clipping; prints the engine's overhead in percent (target: < 3%).
+Other sections (convert, inference) live beside this one; `--help` lists them.
+"""
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+
+from .common import run, use_all_cores
+
+
+def _train_config(model, batch_size, img_size, out_dir):
+    return {
+        "Global": {"output_dir": out_dir, "device": "cpu", "epochs": 1, "print_batch_step": 10**9,
+                   "seed": 0, "eval_during_train": False},
+        "Model": {"name": model, "class_num": 1000, "img_size": img_size},
+        "Loss": {"Train": [{"CELoss": {"weight": 1.0}}]},
+        "LRScheduler": {"name": "ViTLRScheduler", "learning_rate": 1e-3, "warmup_steps": 0},
+        "Optimizer": {"name": "AdamW", "weight_decay": 0.05,
+                      "grad_clip": {"name": "ClipGradByGlobalNorm", "clip_norm": 1.0}},
+        "DataLoader": {"Train": {
+            "dataset": {"name": "SyntheticShapes", "root": os.path.join(out_dir, "shapes"),
+                        "num_classes": 4, "num_train": batch_size, "num_val": 4,
+                        "image_size": 32, "transform_ops": [{"DecodeImage": None}]},
+            "sampler": {"name": "DistributedBatchSampler", "batch_size": batch_size,
+                        "drop_last": True}}},
+    }
+
+
+def bench_train(args):
+    import numpy as np
+    import paddle
+    import yaml
+
+    from ..config import get_config
+    from ..engine import Engine
+    from ..loss import build_loss
+    from ..optim import build_lr_scheduler, build_optimizer
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "bench.yaml")
+        with open(path, "w") as f:
+            yaml.safe_dump(_train_config(args.model, args.batch_size, args.img_size, tmp), f)
+        cfg = get_config(path)
+        engine = Engine(cfg, "train")
+        engine.logger.setLevel("WARNING")
+        rng = np.random.default_rng(0)
+        images = paddle.to_tensor(rng.standard_normal(
+            (args.batch_size, 3, args.img_size, args.img_size)).astype("float32"))
+        labels = paddle.to_tensor(rng.integers(0, 1000, args.batch_size).astype("int64"))
+        batch = (images, labels)
+
+        # The engine's own loop, fed from memory so that only the loop itself is compared.
+        def engine_steps(n):
+            engine.train_data.loader = [batch] * n
+            engine.steps_per_epoch, engine.micro_in_epoch = n, 0
+            t = time.perf_counter()
+            engine._train_epoch(args.batch_size)
+            return time.perf_counter() - t
+
+        # A bare Paddle loop: same model, loss, optimizer, clipping and LR schedule.
+        model = engine.model
+        loss_fn = build_loss(cfg.Loss.Train)
+        lr = build_lr_scheduler(dict(cfg.LRScheduler), 1, 10**6)
+        opt, clip = build_optimizer(dict(cfg.Optimizer), lr, model)
+        params = [p for p in model.parameters() if not p.stop_gradient]
+
+        def bare_steps(n):
+            t = time.perf_counter()
+            for _ in range(n):
+                loss = loss_fn(model(images), labels)["loss"]
+                loss.backward()
+                clip(params)
+                opt.step()
+                opt.clear_grad()
+                lr.step()
+            float(loss)
+            return time.perf_counter() - t
+
+        engine_steps(2), bare_steps(2)  # warm-up
+        bare, eng = [], []
+        for _ in range(args.repeats):  # interleaved so drift hits both alike
+            bare.append(bare_steps(args.steps))
+            eng.append(engine_steps(args.steps))
+        ips_bare = args.batch_size * args.steps / statistics.median(bare)
+        ips_eng = args.batch_size * args.steps / statistics.median(eng)
+        threads = os.environ.get("OMP_NUM_THREADS", "?")
+        print(f"train {args.model} {args.img_size}px batch {args.batch_size}, "
+              f"{args.steps} steps x {args.repeats}, {threads} thread(s):")
+        print(f"  bare paddle loop : {ips_bare:8.2f} images/s")
+        print(f"  plsc engine      : {ips_eng:8.2f} images/s")
+        print(f"  engine overhead  : {100 * (ips_bare / ips_eng - 1):+.2f}%  (target < 3%)")
+
+
+SECTIONS = {"train": bench_train}
+
+
+def main(argv=None):
+    def _main():
+        parser = argparse.ArgumentParser(description=__doc__,
+                                         formatter_class=argparse.RawDescriptionHelpFormatter)
+        sub = parser.add_subparsers(dest="section", required=True)
+        t = sub.add_parser("train", help="training images/s and engine overhead")
+        t.add_argument("--model", default="ViT_tiny_patch16_224")
+        t.add_argument("--batch-size", type=int, default=32)
+        t.add_argument("--img-size", type=int, default=224)
+        t.add_argument("--steps", type=int, default=5)
+        t.add_argument("--repeats", type=int, default=3)
+        t.add_argument("--debug", action="store_true")
+        args = parser.parse_args(argv)
+        use_all_cores()
+        SECTIONS[args.section](args)
+
+    run(_main, argv if argv is not None else sys.argv)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,94 @@
+"""Shared command-line plumbing: the PLSC-style arguments and the error contract.
+
+Every tool: `parser = build_parser(...)`, add its own arguments, `args = parser.parse_args(argv)`,
+`cfg = config_from_args(args)`; its entry point is `run(main)`. A user mistake (PlscError)
+prints one line `error: <message>` and exits with the error's exit code (2, or 3 for
+TrainingError); `--debug` shows the full traceback instead. argparse errors exit 2.
+"""
+import argparse
+import os
+import sys
+
+from ..config import dump_config, get_config
+from ..errors import ConfigError, PlscError
+
+# `import paddle` sets OMP_NUM_THREADS=1 when it is unset, so remember the user's own setting
+# now (tools import this module before paddle).
+_USER_OMP_THREADS = os.environ.get("OMP_NUM_THREADS")
+
+
+def build_parser(description, config_required=True):
+    """ArgumentParser with -c/--config, -o/--override, --print-config and --debug."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("-c", "--config", required=config_required, metavar="CONFIG",
+                        help="YAML config file (may name `_base_` files)")
+    # "extend" + nargs="+": both `-o A=1 -o B=2` and PLSC's `-o A=1 B=2` work.
+    parser.add_argument("-o", "--override", action="extend", nargs="+", default=[],
+                        metavar="KEY=VALUE",
+                        help="override a config value, e.g. -o Global.epochs=10 "
+                             "DataLoader.Train.dataset.transform_ops.1.RandCropImage.size=192")
+    parser.add_argument("--print-config", action="store_true",
+                        help="print the final config (bases, overrides and defaults applied) "
+                             "and exit")
+    parser.add_argument("--debug", action="store_true",
+                        help="show full tracebacks instead of one-line errors")
+    return parser
+
+
+def config_from_args(args, registries=None):
+    """The validated config named by args.config + args.override (None if no -c was given).
+
+    With --print-config, prints it as YAML and exits 0.
+    """
+    overrides = list(getattr(args, "override", None) or [])
+    if getattr(args, "config", None) is None:
+        if overrides:
+            raise ConfigError("-o overrides need a config file: add -c CONFIG")
+        return None
+    cfg = get_config(args.config, overrides, registries=registries)
+    if getattr(args, "print_config", False):
+        sys.stdout.write(dump_config(cfg))
+        sys.stdout.flush()
+        sys.exit(0)
+    return cfg
+
+
+def run(main, argv=None):
+    """Call `main()` with the CLI error contract; a non-zero int it returns becomes the exit code.
+
+    `argv` (default sys.argv) is only consulted for `--debug`.
+    """
+    debug = "--debug" in (sys.argv if argv is None else argv)
+    try:
+        code = main()
+    except PlscError as e:
+        if debug:
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(e.exit_code)
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
+    if isinstance(code, int) and not isinstance(code, bool) and code:
+        sys.exit(code)
+    return code
+
+
+def use_all_cores():
+    """Let a single (non-launched) process use every CPU core; returns the thread count.
+
+    Respects an OMP_NUM_THREADS the user exported; under paddle.distributed.launch each worker
+    keeps the launcher's setting (several 1-thread workers beat one many-thread process).
+    """
+    if _USER_OMP_THREADS:
+        return int(_USER_OMP_THREADS) if _USER_OMP_THREADS.isdigit() else None
+    if int(os.environ.get("PADDLE_TRAINERS_NUM", "1") or 1) > 1:
+        return None
+    threads = os.cpu_count() or 1
+    os.environ["OMP_NUM_THREADS"] = str(threads)
+    core = getattr(getattr(sys.modules.get("paddle"), "base", None), "core", None)
+    if hasattr(core, "set_num_threads"):  # paddle already imported (config validation does)
+        core.set_num_threads(threads)
+    return threads

@@ -1,0 +1,475 @@
+"""Official Google ViT / R50+ViT `.npz` checkpoints <-> plsc state dicts.
+
+Name mapping (official -> ours). Official Dense kernels are [in, out] like Paddle's Linear, so
+only convolutions are transposed (HWIO -> OIHW) and attention tensors reshaped:
+
+    embedding/kernel (p,p,C,D), bias           patch_embed.proj.weight (D,C,p,p) [T 3,2,0,1], .bias
+    cls (1,1,D)                                cls_token
+    Transformer/posembed_input/pos_embedding   pos_embed (1, N(+1), D)
+    pos_embedding  (big_vision, grid rows only) pos_embed with a zero class row in front (the
+                                               big_vision class token gets no position, so
+                                               cls + 0 computes the same function)
+    Transformer/encoderblock_{i}/
+      LayerNorm_0/{scale,bias}                 blocks.{i}.norm1.{weight,bias}
+      MultiHeadDotProductAttention_1/
+        {query,key,value}/kernel (D,H,Dh)      blocks.{i}.attn.qkv.weight (D,3D) = [q|k|v] columns,
+        {query,key,value}/bias (H,Dh)          blocks.{i}.attn.qkv.bias (3D,)   each head-major
+        out/kernel (H,Dh,D), out/bias          blocks.{i}.attn.proj.weight (D,D), .bias
+      LayerNorm_2/{scale,bias}                 blocks.{i}.norm2.{weight,bias}
+      MlpBlock_3/Dense_0/{kernel,bias}         blocks.{i}.mlp.fc1.{weight,bias}
+      MlpBlock_3/Dense_1/{kernel,bias}         blocks.{i}.mlp.fc2.{weight,bias}
+    Transformer/encoder_norm/{scale,bias}      norm.{weight,bias}
+    pre_logits/{kernel,bias}                   head0.{weight,bias}
+    head/{kernel,bias}                         head.{weight,bias}
+  R50 hybrid stem (S stages, U units each; official indices are 1-based, ours 0-based):
+    conv_root/kernel (7,7,C,W)                 patch_embed.backbone.root.conv.weight (W,C,7,7)
+    gn_root/{scale,bias} (W,) or (1,1,1,W)     patch_embed.backbone.root.gn.{weight,bias} (W,)
+    block{s}/unit{u}/conv{1,2,3}/kernel        patch_embed.backbone.stages.{s-1}.units.{u-1}.conv{1,2,3}.weight
+    block{s}/unit{u}/gn{1,2,3}/{scale,bias}    ....gn{1,2,3}.{weight,bias}
+    block{s}/unit1/conv_proj/kernel, gn_proj   ....units.0.conv_proj.weight, .gn_proj.{weight,bias}
+
+Accepted on import: pre-Linen block names (as released) and Linen names (MultiHeadDotProduct-
+Attention_0, LayerNorm_1, MlpBlock_0; LayerNorm_0 is norm1 in both); prefixes `params/`,
+`params/img/` (two-tower files: the image tower is converted, the rest ignored) and `opt/target/`
+(optimizer-state files: the rest is optimizer state and ignored); big_vision's scanned layout
+(`Transformer/encoderblock/...` stacked along a leading depth axis); bfloat16 stored as 2-byte
+void records, float16 and float64 (all become float32). Export always writes the released layout:
+pre-Linen names, no prefix, class row inside the pos-embedding, GroupNorm params (1,1,1,C) like the
+released R50+ViT-B/16 file, float32, plain `np.savez`.
+"""
+import os
+import re
+import zipfile
+
+import numpy as np
+
+from ..errors import ConfigError, DataError
+from .common import (Arch, arch_from_state, arch_label, check_layout, dump_model_yaml,
+                     load_pdparams, model_config, name_list, pdparams_path, require_file,
+                     save_pdparams_writer, square_grid, strip_pdparams, summary, text_writer,
+                     write_outputs)
+
+PRE_LINEN = {"MultiHeadDotProductAttention_0": "MultiHeadDotProductAttention_1",
+             "LayerNorm_1": "LayerNorm_2", "MlpBlock_0": "MlpBlock_3"}
+ATT, LN2, MLP = "MultiHeadDotProductAttention_1", "LayerNorm_2", "MlpBlock_3"
+# Checked in order; the first one holding embedding/kernel wins. Arrays outside the chosen
+# prefix are ignored only where they are known to be something else (text tower, optimizer).
+PREFIXES = ("params/img/", "params/", "opt/target/", "")
+IGNORE_OUTSIDE = ("params/img/", "opt/target/")
+
+
+# ----------------------------------------------------------------------------- reading
+def decode_array(a, name, source):
+    """float32 copy of a stored array; bf16 arrives as 2-byte void records (np.savez of
+    ml_dtypes.bfloat16 writes descr '|V2'): its bits are the top half of a float32."""
+    if a.dtype.kind == "V" and a.dtype.itemsize == 2:
+        return (np.ascontiguousarray(a).view(np.uint16).astype(np.uint32) << 16).view(np.float32)
+    if a.dtype.kind != "f":
+        raise DataError(f"{source}: array '{name}' has dtype {a.dtype}, expected floating point")
+    return np.ascontiguousarray(a, dtype=np.float32)
+
+
+def read_npz(path):
+    """{key: raw array} of an npz archive, refusing pickled (object) arrays."""
+    require_file(path)
+    if not zipfile.is_zipfile(path):
+        raise DataError(f"{path}: not an npz archive (not a zip file)")
+    arrays = {}
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            for key in z.files:
+                try:
+                    value = z[key]
+                except ValueError as e:
+                    if "allow_pickle" in str(e) or "pickle" in str(e).lower():
+                        raise DataError(f"{path}: array '{key}' contains pickled objects; "
+                                        f"refusing to load") from None
+                    raise DataError(f"{path}: array '{key}' is unreadable: {e}") from None
+                if not isinstance(value, np.ndarray):  # a zip member that is not a .npy file
+                    raise DataError(f"{path}: member '{key}' is not a .npy array; "
+                                    f"not an npz archive")
+                arrays[key] = value
+    except (zipfile.BadZipFile, OSError, EOFError) as e:
+        raise DataError(f"{path}: not a readable npz archive ({e})") from None
+    if not arrays:
+        raise DataError(f"{path}: the npz archive holds no arrays")
+    return arrays
+
+
+def canonicalize(raw, source):
+    """Released-layout names and float32 values for any accepted variant.
+
+    Returns (params, notes): `params` uses pre-Linen names without prefix; a big_vision
+    top-level `pos_embedding` keeps its name (it means something different: no class row).
+    """
+    prefix = next((p for p in PREFIXES if p + "embedding/kernel" in raw), None)
+    if prefix is None:
+        raise ConfigError(f"{source}: missing arrays: embedding/kernel (not a ViT checkpoint?)")
+    notes = []
+    outside = [k for k in raw if not k.startswith(prefix)]
+    if outside:
+        if prefix not in IGNORE_OUTSIDE:
+            raise ConfigError(f"{source}: unexpected arrays outside '{prefix}': "
+                              f"{name_list(outside)}")
+        notes.append(f"ignored {len(outside)} arrays outside '{prefix}'")
+    if prefix:
+        notes.append(f"prefix '{prefix}'")
+    params = {}
+    for key, a in raw.items():
+        if not key.startswith(prefix):
+            continue
+        key = key[len(prefix):]
+        a = decode_array(a, prefix + key, source)
+        if key.startswith("Transformer/encoderblock/"):  # big_vision scan: stacked over depth
+            rest = key[len("Transformer/encoderblock/"):]
+            for i in range(a.shape[0]):
+                params[f"Transformer/encoderblock_{i}/{rest}"] = np.ascontiguousarray(a[i])
+            if "scanned layers" not in notes:
+                notes.append("scanned layers")
+            continue
+        params[key] = a
+    if any(raw[k].dtype.kind == "V" for k in raw if k.startswith(prefix)):
+        notes.append("bfloat16")
+    # Linen names, decided per block so that a stray name is reported rather than renamed.
+    blocks = {}
+    for key in params:
+        m = re.match(r"Transformer/encoderblock_(\d+)/([^/]+)/", key)
+        if m:
+            blocks.setdefault(m.group(1), set()).add(m.group(2))
+    linen = {b for b, mods in blocks.items() if "MlpBlock_0" in mods
+             or "MultiHeadDotProductAttention_0" in mods}
+    if linen:
+        notes.append("Linen names")
+        renamed = {}
+        for key, a in params.items():
+            parts = key.split("/")
+            if len(parts) > 2 and parts[1].startswith("encoderblock_") \
+                    and parts[1][len("encoderblock_"):] in linen:
+                parts[2] = PRE_LINEN.get(parts[2], parts[2])
+            renamed["/".join(parts)] = a
+        params = renamed
+    # Old Flax GroupNorm params are (1,1,1,C).
+    for key, a in params.items():
+        if re.search(r"(^|/)gn_?\w*/(scale|bias)$", key) and a.ndim == 4 and a.shape[:3] == (1, 1, 1):
+            params[key] = a.reshape(-1)
+    return params, notes
+
+
+# ----------------------------------------------------------------------------- architecture
+def _anchor(params, key, ndim, meaning, source):
+    if key not in params:
+        raise ConfigError(f"{source}: missing arrays: {key}")
+    shape = tuple(params[key].shape)
+    if len(shape) != ndim:
+        raise ConfigError(f"{source}: array '{key}' has shape {shape}, expected {meaning}")
+    return shape
+
+
+def infer_arch(params, source):
+    """Architecture from array shapes (see module docstring for what each array tells)."""
+    if any(k.startswith("MAPHead_0/") for k in params):
+        raise ConfigError(f"{source}: MAP-head pooling (MAPHead_0) is not supported; "
+                          f"only 'token' and 'gap' pooling")
+    kh, kw, cin, d = _anchor(params, "embedding/kernel", 4,
+                             "(patch, patch, in_channels, hidden)", source)
+    if kh != kw:
+        raise ConfigError(f"{source}: array 'embedding/kernel' has shape {(kh, kw, cin, d)}, "
+                          f"expected square patches (patch, patch, in_channels, hidden)")
+    layers, width, in_chans, stride = None, 64, cin, 1
+    if "conv_root/kernel" in params:
+        _, _, in_chans, width = _anchor(params, "conv_root/kernel", 4,
+                                        "(7, 7, in_channels, width)", source)
+        layers = []
+        while f"block{len(layers) + 1}/unit1/conv1/kernel" in params:
+            s, u = len(layers) + 1, 1
+            while f"block{s}/unit{u + 1}/conv1/kernel" in params:
+                u += 1
+            layers.append(u)
+        if not layers:
+            raise ConfigError(f"{source}: missing arrays: block1/unit1/conv1/kernel")
+        layers = tuple(layers)
+        stride = 4 * 2 ** (len(layers) - 1)
+    depth = 0
+    while f"Transformer/encoderblock_{depth}/LayerNorm_0/scale" in params:
+        depth += 1
+    if depth == 0:
+        raise ConfigError(f"{source}: missing arrays: Transformer/encoderblock_0/LayerNorm_0/scale")
+    b0 = "Transformer/encoderblock_0/"
+    _, heads, dh = _anchor(params, b0 + ATT + "/query/kernel", 3,
+                           "(hidden, heads, head_dim)", source)
+    _, mlp = _anchor(params, b0 + MLP + "/Dense_0/kernel", 2, "(hidden, mlp_dim)", source)
+    pool = "token" if "cls" in params else "gap"
+    big_vision_pos = "pos_embedding" in params
+    pos_key = "pos_embedding" if big_vision_pos else "Transformer/posembed_input/pos_embedding"
+    n = _anchor(params, pos_key, 3, "(1, tokens, hidden)", source)[1]
+    n_grid = n - (1 if pool == "token" and not big_vision_pos else 0)
+    grid = square_grid(n_grid, f"{source}: '{pos_key}' {tuple(params[pos_key].shape)}")
+    rep = None
+    if "pre_logits/kernel" in params:
+        rep = _anchor(params, "pre_logits/kernel", 2, "(hidden, representation)", source)[1]
+    classes = _anchor(params, "head/kernel", 2, "(features, classes)", source)[1]
+    if heads * dh != d:
+        raise ConfigError(f"{source}: array '{b0 + ATT}/query/kernel' has shape "
+                          f"{tuple(params[b0 + ATT + '/query/kernel'].shape)}, expected "
+                          f"(hidden, heads, head_dim) with heads * head_dim = hidden = {d}")
+    arch = Arch(embed_dim=d, depth=depth, num_heads=heads, mlp_dim=mlp, patch_size=kh * stride,
+                in_chans=in_chans, grid=grid, class_num=classes, global_pool=pool,
+                representation_size=rep, resnet_layers=layers, resnet_width=width)
+    arch.extra["big_vision_pos"] = big_vision_pos
+    check_layout(params, official_shapes(arch), arch_label(arch), source)
+    return arch
+
+
+def official_shapes(arch, released=False):
+    """{key: shape} of the official layout (pre-Linen names).
+
+    released=True: exactly what `ours_to_official` writes (class row in the pos-embedding,
+    GroupNorm (1,1,1,C)); otherwise the canonical form that `canonicalize` produces for `arch`.
+    """
+    d, h, m = arch.embed_dim, arch.num_heads, arch.mlp_dim
+    dh = d // h
+    s = {}
+    if arch.resnet_layers is not None:
+        def gn(name, c):
+            shape = (1, 1, 1, c) if released else (c,)
+            s[name + "/scale"] = s[name + "/bias"] = shape
+
+        w = arch.resnet_width
+        s["conv_root/kernel"] = (7, 7, arch.in_chans, w)
+        gn("gn_root", w)
+        cin = w
+        for si, (units, width) in enumerate(zip(arch.resnet_layers, arch.stage_widths()), 1):
+            for u in range(1, units + 1):
+                pre = f"block{si}/unit{u}/"
+                s[pre + "conv1/kernel"] = (1, 1, cin, width)
+                gn(pre + "gn1", width)
+                s[pre + "conv2/kernel"] = (3, 3, width, width)
+                gn(pre + "gn2", width)
+                s[pre + "conv3/kernel"] = (1, 1, width, 4 * width)
+                gn(pre + "gn3", 4 * width)
+                if u == 1:
+                    s[pre + "conv_proj/kernel"] = (1, 1, cin, 4 * width)
+                    gn(pre + "gn_proj", 4 * width)
+                cin = 4 * width
+    k = arch.embed_kernel
+    s["embedding/kernel"] = (k, k, arch.embed_in_chans, d)
+    s["embedding/bias"] = (d,)
+    if arch.global_pool == "token":
+        s["cls"] = (1, 1, d)
+    n_grid = arch.grid[0] * arch.grid[1]
+    if arch.extra.get("big_vision_pos") and not released:
+        s["pos_embedding"] = (1, n_grid, d)
+    else:
+        s["Transformer/posembed_input/pos_embedding"] = (1, n_grid + arch.num_prefix_tokens, d)
+    for i in range(arch.depth):
+        b = f"Transformer/encoderblock_{i}/"
+        s[b + "LayerNorm_0/scale"] = s[b + "LayerNorm_0/bias"] = (d,)
+        for name in ("query", "key", "value"):
+            s[f"{b}{ATT}/{name}/kernel"] = (d, h, dh)
+            s[f"{b}{ATT}/{name}/bias"] = (h, dh)
+        s[f"{b}{ATT}/out/kernel"] = (h, dh, d)
+        s[f"{b}{ATT}/out/bias"] = (d,)
+        s[f"{b}{LN2}/scale"] = s[f"{b}{LN2}/bias"] = (d,)
+        s[f"{b}{MLP}/Dense_0/kernel"], s[f"{b}{MLP}/Dense_0/bias"] = (d, m), (m,)
+        s[f"{b}{MLP}/Dense_1/kernel"], s[f"{b}{MLP}/Dense_1/bias"] = (m, d), (d,)
+    s["Transformer/encoder_norm/scale"] = s["Transformer/encoder_norm/bias"] = (d,)
+    head_in = d
+    if arch.representation_size:
+        r = arch.representation_size
+        s["pre_logits/kernel"], s["pre_logits/bias"] = (d, r), (r,)
+        head_in = r
+    s["head/kernel"], s["head/bias"] = (head_in, arch.class_num), (arch.class_num,)
+    return s
+
+
+# ----------------------------------------------------------------------------- mapping
+def _stem_pairs(arch):
+    """(official prefix, our prefix, kind) for every stem conv / GroupNorm."""
+    pre = "patch_embed.backbone."
+    yield "conv_root", pre + "root.conv", "conv"
+    yield "gn_root", pre + "root.gn", "gn"
+    for si, units in enumerate(arch.resnet_layers):
+        for ui in range(units):
+            o, t = f"block{si + 1}/unit{ui + 1}/", f"{pre}stages.{si}.units.{ui}."
+            names = ["1", "2", "3"] + (["_proj"] if ui == 0 else [])
+            for n in names:
+                yield f"{o}conv{n}", f"{t}conv{n}", "conv"
+                yield f"{o}gn{n}", f"{t}gn{n}", "gn"
+
+
+def _hwio_to_oihw(k):
+    return np.ascontiguousarray(k.transpose(3, 2, 0, 1))
+
+
+def _oihw_to_hwio(w):
+    return np.ascontiguousarray(w.transpose(2, 3, 1, 0))
+
+
+def official_to_ours(params, arch):
+    """Our state dict (float32 numpy) from canonical official params."""
+    p, d = params, arch.embed_dim
+    s = {}
+    if arch.resnet_layers is not None:
+        for off, our, kind in _stem_pairs(arch):
+            if kind == "conv":
+                s[our + ".weight"] = _hwio_to_oihw(p[off + "/kernel"])
+            else:
+                s[our + ".weight"] = p[off + "/scale"].reshape(-1)
+                s[our + ".bias"] = p[off + "/bias"].reshape(-1)
+    s["patch_embed.proj.weight"] = _hwio_to_oihw(p["embedding/kernel"])
+    s["patch_embed.proj.bias"] = p["embedding/bias"]
+    if arch.global_pool == "token":
+        s["cls_token"] = p["cls"]
+    if "pos_embedding" in p:  # big_vision: no class row; the class token gets no position
+        pos = p["pos_embedding"]
+        if arch.global_pool == "token":
+            pos = np.concatenate([np.zeros((1, 1, d), np.float32), pos], axis=1)
+        s["pos_embed"] = pos
+    else:
+        s["pos_embed"] = p["Transformer/posembed_input/pos_embedding"]
+    for i in range(arch.depth):
+        o, t = f"Transformer/encoderblock_{i}/", f"blocks.{i}."
+        s[t + "norm1.weight"], s[t + "norm1.bias"] = p[o + "LayerNorm_0/scale"], p[o + "LayerNorm_0/bias"]
+        a = o + ATT + "/"
+        s[t + "attn.qkv.weight"] = np.concatenate(
+            [p[a + n + "/kernel"].reshape(d, d) for n in ("query", "key", "value")], axis=1)
+        s[t + "attn.qkv.bias"] = np.concatenate(
+            [p[a + n + "/bias"].reshape(d) for n in ("query", "key", "value")])
+        s[t + "attn.proj.weight"] = p[a + "out/kernel"].reshape(d, d)
+        s[t + "attn.proj.bias"] = p[a + "out/bias"]
+        s[t + "norm2.weight"], s[t + "norm2.bias"] = p[o + LN2 + "/scale"], p[o + LN2 + "/bias"]
+        for j in (0, 1):
+            s[t + f"mlp.fc{j + 1}.weight"] = p[o + f"{MLP}/Dense_{j}/kernel"]
+            s[t + f"mlp.fc{j + 1}.bias"] = p[o + f"{MLP}/Dense_{j}/bias"]
+    s["norm.weight"], s["norm.bias"] = p["Transformer/encoder_norm/scale"], p["Transformer/encoder_norm/bias"]
+    if arch.representation_size:
+        s["head0.weight"], s["head0.bias"] = p["pre_logits/kernel"], p["pre_logits/bias"]
+    s["head.weight"], s["head.bias"] = p["head/kernel"], p["head/bias"]
+    return {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in s.items()}
+
+
+def ours_to_official(state, arch):
+    """The released npz layout from one of our state dicts (float32, pre-Linen names)."""
+    s, d, h = state, arch.embed_dim, arch.num_heads
+    dh = d // h
+    f32 = {k: np.asarray(v, dtype=np.float32) for k, v in s.items()}
+    s = f32
+    p = {}
+    if arch.resnet_layers is not None:
+        for off, our, kind in _stem_pairs(arch):
+            if kind == "conv":
+                p[off + "/kernel"] = _oihw_to_hwio(s[our + ".weight"])
+            else:
+                p[off + "/scale"] = s[our + ".weight"].reshape(1, 1, 1, -1)
+                p[off + "/bias"] = s[our + ".bias"].reshape(1, 1, 1, -1)
+    p["embedding/kernel"] = _oihw_to_hwio(s["patch_embed.proj.weight"])
+    p["embedding/bias"] = s["patch_embed.proj.bias"]
+    if arch.global_pool == "token":
+        p["cls"] = s["cls_token"]
+    p["Transformer/posembed_input/pos_embedding"] = s["pos_embed"]
+    for i in range(arch.depth):
+        o, t = f"Transformer/encoderblock_{i}/", f"blocks.{i}."
+        p[o + "LayerNorm_0/scale"], p[o + "LayerNorm_0/bias"] = s[t + "norm1.weight"], s[t + "norm1.bias"]
+        a = o + ATT + "/"
+        qkv_w = s[t + "attn.qkv.weight"].reshape(d, 3, h, dh)
+        qkv_b = s[t + "attn.qkv.bias"].reshape(3, h, dh)
+        for j, n in enumerate(("query", "key", "value")):
+            p[a + n + "/kernel"] = qkv_w[:, j]
+            p[a + n + "/bias"] = qkv_b[j]
+        p[a + "out/kernel"] = s[t + "attn.proj.weight"].reshape(h, dh, d)
+        p[a + "out/bias"] = s[t + "attn.proj.bias"]
+        p[o + LN2 + "/scale"], p[o + LN2 + "/bias"] = s[t + "norm2.weight"], s[t + "norm2.bias"]
+        for j in (0, 1):
+            p[o + f"{MLP}/Dense_{j}/kernel"] = s[t + f"mlp.fc{j + 1}.weight"]
+            p[o + f"{MLP}/Dense_{j}/bias"] = s[t + f"mlp.fc{j + 1}.bias"]
+    p["Transformer/encoder_norm/scale"], p["Transformer/encoder_norm/bias"] = s["norm.weight"], s["norm.bias"]
+    if arch.representation_size:
+        p["pre_logits/kernel"], p["pre_logits/bias"] = s["head0.weight"], s["head0.bias"]
+    p["head/kernel"], p["head/bias"] = s["head.weight"], s["head.bias"]
+    return {k: np.ascontiguousarray(v) for k, v in p.items()}
+
+
+# ----------------------------------------------------------------------------- entry points
+def load_npz_as_state(path):
+    """(our state dict, Arch, canonical official params, notes) of an official npz file."""
+    raw = read_npz(path)
+    params, notes = canonicalize(raw, path)
+    arch = infer_arch(params, path)
+    arch.extra["notes"] = notes
+    return official_to_ours(params, arch), arch, params
+
+
+def npz_to_paddle(src, dst_prefix, check=False, log=print):
+    """`tools/convert.py npz2paddle`: write DST.pdparams + DST.yaml; returns the summary dict."""
+    state, arch, params = load_npz_as_state(src)
+    dst_prefix = strip_pdparams(dst_prefix)
+    cfg = model_config(arch)
+    result = {"arch": arch, "model_config": cfg, "state": state}
+    if check:
+        from .reference import check_conversion
+        result["check"] = check_conversion(params, state, cfg, arch, log=log)
+    dst = dst_prefix + ".pdparams"
+    write_outputs({dst: save_pdparams_writer(state),
+                   dst_prefix + ".yaml": text_writer(dump_model_yaml(cfg))})
+    notes = arch.extra.get("notes")
+    log(summary(arch, state, dst) + (f" ({'; '.join(notes)})" if notes else ""))
+    return result
+
+
+def read_model_config(path):
+    """The `Model:` section of a YAML written by the converters (or any plsc config)."""
+    import yaml
+    require_file(path, "model config")
+    try:
+        with open(path) as f:
+            doc = yaml.safe_load(f)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+    if not isinstance(doc, dict) or not isinstance(doc.get("Model"), dict):
+        raise ConfigError(f"{path}: expected a 'Model:' section")
+    return dict(doc["Model"])
+
+
+def resolve_model_kwargs(cfg):
+    """Config keys + the registered factory's defaults (so `num_heads` of ViT_base_... is known)."""
+    from .. import models  # noqa: F401
+    from ..registry import MODELS
+    merged = {}
+    params = MODELS.parameters(cfg["name"]) if cfg.get("name") in MODELS else None
+    for key, p in (params or {}).items():
+        if p.default is not p.empty:
+            merged[key] = p.default
+    merged.update({k: v for k, v in cfg.items() if k != "name"})
+    return merged
+
+
+def paddle_to_npz(src_prefix, dst, model_config_path=None, log=print):
+    """`tools/convert.py paddle2npz`: our/PLSC .pdparams -> released-layout npz."""
+    src_prefix = strip_pdparams(src_prefix)
+    path = pdparams_path(src_prefix)
+    state = load_pdparams(path)
+    if model_config_path is None and os.path.exists(src_prefix + ".yaml"):
+        model_config_path = src_prefix + ".yaml"
+    heads = None
+    if model_config_path is not None:
+        kw = resolve_model_kwargs(read_model_config(model_config_path))
+        heads = kw.get("num_heads")
+        act, eps = kw.get("act"), kw.get("epsilon")
+        if act not in (None, "gelu_tanh") or eps not in (None, 1e-6):
+            log(f"warning: the model uses act={act}, epsilon={eps}; the official code runs "
+                f"gelu_tanh and epsilon 1e-6, so its outputs will differ slightly")
+    arch = arch_from_state(state, path, num_heads=heads,
+                           heads_hint="pass --model-config with Model.num_heads")
+    if arch.embed_dim % arch.num_heads:
+        raise ConfigError(f"{path}: num_heads {arch.num_heads} does not divide the width "
+                          f"{arch.embed_dim}")
+    official = ours_to_official(state, arch)
+
+    def write(tmp):
+        with open(tmp, "wb") as f:  # a handle: np.savez would append '.npz' to a tmp name
+            np.savez(f, **official)
+
+    write_outputs({dst: write})
+    log(f"exported {arch_label(arch)}: {len(official)} arrays, "
+        f"{sum(a.size for a in official.values()):,} params -> {dst}")
+    return official

@@ -1,0 +1,232 @@
+"""Batch transforms (Mixup, Cutmix), run by the engine on a whole batch of tensors.
+
+Call: `bt(images, labels, rng) -> (images, soft_labels)`; images [B, C, H, W], labels int64 [B]
+or already soft/multi-hot float [B, classes]; soft_labels float32 [B, classes]. `rng` is a numpy
+Generator the engine seeds per step, so the mixing is reproducible on resume. Works on paddle
+tensors (the engine) and on numpy arrays (tests, tools) alike. Label smoothing stays in the loss.
+
+Each rank mixes its own local batch with a permutation of itself, like every data-parallel
+Mixup implementation; the images are mixed with `x[perm]`.
+"""
+import math
+from typing import Optional
+
+import numpy as np
+
+from ..errors import ConfigError
+from ..registry import BATCH_TRANSFORMS
+
+
+def _is_numpy(x):
+    return isinstance(x, np.ndarray)
+
+
+def soft_labels(labels, class_num):
+    """int labels [B] (or [B, 1]) -> one-hot float32 [B, class_num]; float [B, C] passes through."""
+    if _is_numpy(labels):
+        if labels.ndim == 2 and labels.shape[1] != 1:
+            return labels.astype(np.float32)
+        return np.eye(class_num, dtype=np.float32)[labels.reshape(-1).astype(np.int64)]
+    import paddle
+    import paddle.nn.functional as F
+
+    if labels.ndim == 2 and labels.shape[1] != 1:
+        return labels.astype("float32")
+    return F.one_hot(labels.reshape([-1]).astype("int64"), class_num).astype(paddle.float32)
+
+
+def _take(x, perm):
+    if _is_numpy(x):
+        return x[perm]
+    import paddle
+
+    return paddle.gather(x, paddle.to_tensor(perm, dtype="int64"), axis=0)
+
+
+def _check_alpha(op, alpha):
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or alpha <= 0:
+        raise ConfigError(f"{op}.alpha: expected a positive number, got {alpha!r}")
+    return float(alpha)
+
+
+def _check_prob(op, key, p):
+    if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 <= p <= 1:
+        raise ConfigError(f"{op}.{key}: expected a number in [0, 1], got {p!r}")
+    return float(p)
+
+
+def _check_class_num(op, class_num):
+    if class_num is None:
+        raise ConfigError(f"{op}: class_num is not set; give it in batch_transform_ops or set the "
+                          "dataset's class_num")
+    if isinstance(class_num, bool) or not isinstance(class_num, int) or class_num <= 0:
+        raise ConfigError(f"{op}.class_num: expected a positive int, got {class_num!r}")
+    return class_num
+
+
+class _Mixer:
+    """Shared plumbing: class_num (may come from the dataset at build time) and label mixing."""
+
+    def __init__(self, alpha, class_num):
+        name = type(self).__name__
+        self.alpha = _check_alpha(name, alpha)
+        self.class_num = None if class_num is None else _check_class_num(name, class_num)
+
+    def set_class_num(self, class_num):
+        if self.class_num is None:
+            self.class_num = _check_class_num(type(self).__name__, class_num)
+
+    def _mix_labels(self, labels, perm, lam):
+        y = soft_labels(labels, _check_class_num(type(self).__name__, self.class_num))
+        return y * lam + _take(y, perm) * (1.0 - lam)
+
+    def __call__(self, images, labels, rng):
+        lam = float(rng.beta(self.alpha, self.alpha))
+        perm = rng.permutation(images.shape[0])
+        return self.mix(images, labels, rng, lam, perm)
+
+
+@BATCH_TRANSFORMS.register()
+class Mixup(_Mixer):
+    """x = lam*x + (1-lam)*x[perm], same for the labels; lam ~ Beta(alpha, alpha)."""
+
+    def __init__(self, alpha: float = 0.8, class_num: Optional[int] = None):
+        super().__init__(alpha, class_num)
+
+    def mix(self, images, labels, rng, lam, perm):
+        mixed = images * lam + _take(images, perm) * (1.0 - lam)
+        return mixed, self._mix_labels(labels, perm, lam)
+
+
+def cutmix_box(height, width, lam, rng):
+    """(top, bottom, left, right) of a box with area about (1-lam)*H*W, center uniform, clipped."""
+    cut = math.sqrt(1.0 - lam)
+    ch, cw = int(height * cut), int(width * cut)
+    cy, cx = int(rng.integers(height)), int(rng.integers(width))
+    top, bottom = np.clip([cy - ch // 2, cy + ch // 2], 0, height)
+    left, right = np.clip([cx - cw // 2, cx + cw // 2], 0, width)
+    return int(top), int(bottom), int(left), int(right)
+
+
+@BATCH_TRANSFORMS.register()
+class Cutmix(_Mixer):
+    """Paste a box from x[perm] into x; labels mixed by the box's actual area fraction."""
+
+    def __init__(self, alpha: float = 1.0, class_num: Optional[int] = None):
+        super().__init__(alpha, class_num)
+
+    def mix(self, images, labels, rng, lam, perm):
+        H, W = images.shape[-2], images.shape[-1]
+        top, bottom, left, right = cutmix_box(H, W, lam, rng)
+        out = images.copy() if _is_numpy(images) else images.clone()
+        if bottom > top and right > left:
+            out[..., top:bottom, left:right] = _take(images, perm)[..., top:bottom, left:right]
+        lam = 1.0 - (bottom - top) * (right - left) / float(H * W)
+        return out, self._mix_labels(labels, perm, lam)
+
+
+@BATCH_TRANSFORMS.register()
+class MixupCutmix:
+    """Per batch: with probability `prob` mix, choosing Cutmix with `switch_prob` and Mixup
+    otherwise (timm's scheme); else labels become one-hot and images pass through."""
+
+    def __init__(self, mixup_alpha: float = 0.8, cutmix_alpha: float = 1.0,
+                 switch_prob: float = 0.5, prob: float = 1.0, class_num: Optional[int] = None):
+        self.mixup = Mixup(mixup_alpha, class_num)
+        self.cutmix = Cutmix(cutmix_alpha, class_num)
+        self.choices = [(self.mixup, 1.0 - _check_prob("MixupCutmix", "switch_prob", switch_prob)),
+                        (self.cutmix, float(switch_prob))]
+        self.prob = _check_prob("MixupCutmix", "prob", prob)
+        self.class_num = class_num
+
+    def set_class_num(self, class_num):
+        for op, _ in self.choices:
+            op.set_class_num(class_num)
+        self.class_num = self.mixup.class_num
+
+    def __call__(self, images, labels, rng):
+        return _choose(self.choices, self.prob, images, labels, rng, self.class_num, "MixupCutmix")
+
+
+def _choose(choices, prob, images, labels, rng, class_num, name):
+    """Apply one of `choices` [(op, weight)] with probability `prob` (weights renormalized)."""
+    if rng.random() < prob:
+        weights = np.array([w for _, w in choices], dtype=np.float64)
+        op = choices[int(rng.choice(len(choices), p=weights / weights.sum()))][0]
+        return op(images, labels, rng)
+    return images, soft_labels(labels, _check_class_num(name, class_num))
+
+
+@BATCH_TRANSFORMS.register()
+class OpSampler:
+    """PaddleClas' OpSampler: `{OpSampler: {Mixup: {alpha: 0.8, prob: 0.5}, Cutmix: {alpha: 1.0,
+    prob: 0.5}}}`. Each op's prob is its chance per batch; if they sum below 1 the remainder
+    passes the batch through (one-hot labels). class_num may be given at the top level."""
+
+    def __init__(self, class_num: Optional[int] = None, **ops):
+        if not ops:
+            raise ConfigError("OpSampler: give at least one batch transform, e.g. "
+                              "{Mixup: {alpha: 0.8, prob: 0.5}}")
+        self.class_num = class_num
+        self.choices = []
+        for name, kwargs in ops.items():
+            kwargs = dict(kwargs or {})
+            p = _check_prob(f"OpSampler.{name}", "prob", kwargs.pop("prob", 1.0 / len(ops)))
+            if name in ("OpSampler", "MixupCutmix"):
+                raise ConfigError(f"OpSampler.{name}: only single transforms can be sampled")
+            kwargs.setdefault("class_num", class_num)
+            self.choices.append((BATCH_TRANSFORMS.build({"name": name, **kwargs}), p))
+        total = sum(p for _, p in self.choices)
+        if total > 1 + 1e-6:
+            raise ConfigError(f"OpSampler: the probs sum to {total:g}, more than 1")
+        self.prob = min(total, 1.0)
+
+    def set_class_num(self, class_num):
+        for op, _ in self.choices:
+            op.set_class_num(class_num)
+        if self.class_num is None:
+            self.class_num = class_num
+
+    def __call__(self, images, labels, rng):
+        if self.prob == 0:
+            return images, soft_labels(labels, _check_class_num("OpSampler", self.class_num))
+        return _choose(self.choices, self.prob, images, labels, rng, self.class_num, "OpSampler")
+
+
+# PaddleClas names of the same operators.
+BATCH_TRANSFORMS.register("MixupOperator")(Mixup)
+BATCH_TRANSFORMS.register("CutmixOperator")(Cutmix)
+
+
+def create_batch_transform(list_cfg, class_num=None):
+    """[{Name: {kwargs}}, ...] -> one callable (None for an empty list); several run in order."""
+    if not list_cfg:
+        return None
+    if not isinstance(list_cfg, (list, tuple)):
+        raise ConfigError(f"batch_transform_ops: expected a list of {{Name: {{args}}}} items, got {list_cfg!r}")
+    ops = []
+    for i, item in enumerate(list_cfg):
+        if not isinstance(item, dict) or len(item) != 1:
+            raise ConfigError(f"batch_transform_ops.{i}: expected one {{Name: {{args}}}} item, got {item!r}")
+        (name, kwargs), = item.items()
+        if kwargs is not None and not isinstance(kwargs, dict):
+            raise ConfigError(f"batch_transform_ops.{i}.{name}: expected a dict of arguments or null, "
+                              f"got {kwargs!r}")
+        op = BATCH_TRANSFORMS.build({"name": name, **(kwargs or {})})
+        if class_num is not None and hasattr(op, "set_class_num"):
+            op.set_class_num(class_num)
+        ops.append(op)
+    if len(ops) == 1:
+        return ops[0]
+    return Compose(ops)
+
+
+class Compose:
+    def __init__(self, ops):
+        self.ops = ops
+
+    def __call__(self, images, labels, rng):
+        for op in self.ops:
+            images, labels = op(images, labels, rng)
+        return images, labels
+

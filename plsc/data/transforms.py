@@ -1,0 +1,283 @@
+"""Per-sample image transforms with PLSC's names and config keys.
+
+Every transform is a callable `op(img, rng)`: `img` is what the previous op returned (bytes for
+DecodeImage, then an HWC uint8 array, then float32 after NormalizeImage), `rng` a
+`numpy.random.Generator`. Random ops draw only from `rng`, which the dataset seeds per sample from
+(global seed, epoch, index): augmentation then does not depend on worker count, process count or
+resume point. Resizing uses OpenCV; `backend: pil` gives Pillow's (antialiased) filters instead.
+"""
+import math
+from typing import Optional, Union
+
+import cv2
+import numpy as np
+
+from ..errors import ConfigError, DataError
+from ..registry import TRANSFORMS
+
+INTERPOLATIONS = ["nearest", "bilinear", "bicubic", "area", "lanczos"]
+_CV2_FLAGS = {"nearest": cv2.INTER_NEAREST, "bilinear": cv2.INTER_LINEAR,
+              "bicubic": cv2.INTER_CUBIC, "area": cv2.INTER_AREA, "lanczos": cv2.INTER_LANCZOS4}
+BACKENDS = ("cv2", "pil")
+
+
+class ImageDecodeError(DataError):
+    """The bytes are not an image OpenCV can decode (the dataset adds the file name)."""
+
+
+def _check_size(op, size, key="size"):
+    """int -> (w, h) square; [w, h] -> (w, h). Anything else is a config mistake."""
+    if isinstance(size, bool):
+        size = None
+    if isinstance(size, int) and size > 0:
+        return size, size
+    if (isinstance(size, (list, tuple)) and len(size) == 2
+            and all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in size)):
+        return int(size[0]), int(size[1])
+    raise ConfigError(f"{op}.{key}: expected a positive int or [width, height], got {size!r}")
+
+
+def _check_choice(op, key, value, allowed):
+    if value not in allowed:
+        raise ConfigError(f"{op}.{key}: expected one of {', '.join(allowed)}, got {value!r}")
+    return value
+
+
+def _check_interpolation(op, interpolation):
+    if interpolation is None:
+        return None
+    return _check_choice(op, "interpolation", interpolation, INTERPOLATIONS + ["random"])
+
+
+def _as_float(op, key, value):
+    """A float from a number or a simple fraction string like '1.0/255.0' (never eval)."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(value, str):
+        parts = value.split("/")
+        try:
+            nums = [float(p) for p in parts]
+            if len(nums) == 1:
+                return nums[0]
+            if len(nums) == 2 and nums[1] != 0:
+                return nums[0] / nums[1]
+        except ValueError:
+            pass
+    raise ConfigError(f"{op}.{key}: expected a number, got {value!r}")
+
+
+def resize(img, size, interpolation=None, backend="cv2", rng=None):
+    """Resize an HWC array to size=(w, h). interpolation None = bilinear; 'random' draws one."""
+    w, h = size
+    if interpolation == "random":
+        interpolation = INTERPOLATIONS[int(rng.integers(len(INTERPOLATIONS)))]
+    interpolation = interpolation or "bilinear"
+    if backend == "pil":
+        from PIL import Image  # only when asked: Pillow's filters antialias when downscaling
+
+        filters = {"nearest": Image.NEAREST, "bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC,
+                   "area": Image.BOX, "lanczos": Image.LANCZOS}
+        return np.asarray(Image.fromarray(img).resize((w, h), filters[interpolation]))
+    out = cv2.resize(img, (w, h), interpolation=_CV2_FLAGS[interpolation])
+    if out.ndim == 2 and img.ndim == 3:  # cv2 drops a single channel axis
+        out = out[:, :, None]
+    return out
+
+
+@TRANSFORMS.register()
+class DecodeImage:
+    """Encoded bytes (or a file path) -> HWC uint8, RGB when to_rgb. Arrays pass through
+    unchanged (in-memory datasets such as CIFAR already hold decoded RGB pixels)."""
+
+    def __init__(self, to_rgb: bool = True, channel_first: bool = False):
+        self.to_rgb = to_rgb
+        self.channel_first = channel_first
+
+    def __call__(self, img, rng=None):
+        if isinstance(img, np.ndarray):
+            return img
+        if isinstance(img, str):
+            with open(img, "rb") as f:
+                img = f.read()
+        data = np.frombuffer(img, dtype=np.uint8)
+        out = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
+        if out is None:
+            raise ImageDecodeError(f"cannot decode image ({data.size} bytes)")
+        if self.to_rgb:
+            out = cv2.cvtColor(out, cv2.COLOR_BGR2RGB)
+        if self.channel_first:
+            out = out.transpose(2, 0, 1)
+        return out
+
+
+@TRANSFORMS.register()
+class RandCropImage:
+    """Inception-style random resized crop: area fraction ~ U(scale), log aspect ratio
+    ~ U(log ratio); 10 attempts, then a center crop with the ratio clamped to the allowed range."""
+
+    def __init__(self, size: Union[int, list], scale: Optional[list] = None,
+                 ratio: Optional[list] = None, interpolation: Optional[str] = None,
+                 backend: str = "cv2"):
+        name = type(self).__name__
+        self.size = _check_size(name, size)
+        scale = [0.08, 1.0] if scale is None else scale
+        ratio = [3.0 / 4.0, 4.0 / 3.0] if ratio is None else ratio
+        self.scale = [_as_float(name, "scale", s) for s in scale]
+        self.ratio = [_as_float(name, "ratio", r) for r in ratio]
+        if len(self.scale) != 2 or not 0 < self.scale[0] <= self.scale[1] <= 1:
+            raise ConfigError(f"{name}.scale: expected [min, max] with 0 < min <= max <= 1, got {scale!r}")
+        if len(self.ratio) != 2 or not 0 < self.ratio[0] <= self.ratio[1]:
+            raise ConfigError(f"{name}.ratio: expected [min, max] with 0 < min <= max, got {ratio!r}")
+        self.interpolation = _check_interpolation(name, interpolation)
+        self.backend = _check_choice(name, "backend", backend, BACKENDS)
+
+    def crop_box(self, height, width, rng):
+        """(top, left, crop_h, crop_w) for an image of that size."""
+        area = height * width
+        log_lo, log_hi = math.log(self.ratio[0]), math.log(self.ratio[1])
+        for _ in range(10):
+            target = area * rng.uniform(self.scale[0], self.scale[1])
+            aspect = math.exp(rng.uniform(log_lo, log_hi))
+            w = int(round(math.sqrt(target * aspect)))
+            h = int(round(math.sqrt(target / aspect)))
+            if 0 < w <= width and 0 < h <= height:
+                top = int(rng.integers(0, height - h + 1))
+                left = int(rng.integers(0, width - w + 1))
+                return top, left, h, w
+        # Fallback: the largest centered crop whose aspect ratio is within bounds.
+        in_ratio = width / height
+        if in_ratio < self.ratio[0]:
+            w, h = width, int(round(width / self.ratio[0]))
+        elif in_ratio > self.ratio[1]:
+            h, w = height, int(round(height * self.ratio[1]))
+        else:
+            w, h = width, height
+        return (height - h) // 2, (width - w) // 2, h, w
+
+    def __call__(self, img, rng):
+        top, left, h, w = self.crop_box(img.shape[0], img.shape[1], rng)
+        crop = img[top:top + h, left:left + w]
+        return resize(crop, self.size, self.interpolation, self.backend, rng)
+
+
+@TRANSFORMS.register()
+class RandomResizedCrop(RandCropImage):
+    """RandCropImage under torchvision's name and defaults (bilinear)."""
+
+    def __init__(self, size: Union[int, list], scale: Optional[list] = None,
+                 ratio: Optional[list] = None, interpolation: Optional[str] = "bilinear",
+                 backend: str = "cv2"):
+        super().__init__(size, scale, ratio, interpolation, backend)
+
+
+@TRANSFORMS.register()
+class ResizeImage:
+    """`size` squashes to (w, h) ignoring aspect; `resize_short` scales the short side to that
+    length and keeps the aspect ratio (long side rounded). Exactly one of them."""
+
+    def __init__(self, size: Optional[Union[int, list]] = None, resize_short: Optional[int] = None,
+                 interpolation: Optional[str] = None, backend: str = "cv2"):
+        if (size is None) == (resize_short is None):
+            raise ConfigError("ResizeImage: set exactly one of 'size' and 'resize_short', got "
+                              f"size={size!r}, resize_short={resize_short!r}")
+        self.size = None if size is None else _check_size("ResizeImage", size)
+        if resize_short is not None:
+            if isinstance(resize_short, bool) or not isinstance(resize_short, int) or resize_short <= 0:
+                raise ConfigError(f"ResizeImage.resize_short: expected a positive int, got {resize_short!r}")
+        self.resize_short = resize_short
+        self.interpolation = _check_interpolation("ResizeImage", interpolation)
+        self.backend = _check_choice("ResizeImage", "backend", backend, BACKENDS)
+
+    def output_size(self, height, width):
+        if self.size is not None:
+            return self.size
+        percent = self.resize_short / min(height, width)
+        return int(round(width * percent)), int(round(height * percent))
+
+    def __call__(self, img, rng=None):
+        return resize(img, self.output_size(img.shape[0], img.shape[1]), self.interpolation,
+                      self.backend, rng)
+
+
+@TRANSFORMS.register()
+class CenterCropImage:
+    """Crop (w, h) from the center; offsets round down like PLSC."""
+
+    def __init__(self, size: Union[int, list]):
+        self.size = _check_size("CenterCropImage", size)
+
+    def __call__(self, img, rng=None):
+        w, h = self.size
+        img_h, img_w = img.shape[:2]
+        if w > img_w or h > img_h:
+            raise DataError(f"CenterCropImage: crop {w}x{h} is larger than the image {img_w}x{img_h}; "
+                            "resize first (ResizeImage.resize_short)")
+        top, left = (img_h - h) // 2, (img_w - w) // 2
+        return img[top:top + h, left:left + w]
+
+
+@TRANSFORMS.register()
+class RandFlipImage:
+    """Flip with probability 1/2: flip_code 1 horizontal, 0 vertical, -1 both (cv2.flip codes)."""
+
+    def __init__(self, flip_code: int = 1):
+        if flip_code not in (-1, 0, 1):
+            raise ConfigError(f"RandFlipImage.flip_code: expected one of 1, 0, -1, got {flip_code!r}")
+        self.flip_code = flip_code
+
+    def __call__(self, img, rng):
+        if rng.random() < 0.5:
+            return cv2.flip(img, self.flip_code)
+        return img
+
+
+@TRANSFORMS.register()
+class NormalizeImage:
+    """(img * scale - mean) / std in float32. order '' = HWC input, 'chw' = CHW input."""
+
+    def __init__(self, scale: Optional[Union[float, str]] = None, mean: Optional[list] = None,
+                 std: Optional[list] = None, order: str = "", output_fp16: bool = False):
+        self.scale = np.float32(1.0 / 255.0 if scale is None else _as_float("NormalizeImage", "scale", scale))
+        mean = [0.485, 0.456, 0.406] if mean is None else mean
+        std = [0.229, 0.224, 0.225] if std is None else std
+        self.order = _check_choice("NormalizeImage", "order", order, ["", "hwc", "chw"])
+        shape = (-1, 1, 1) if order == "chw" else (1, 1, -1)
+        self.mean = np.array([_as_float("NormalizeImage", "mean", m) for m in mean], np.float32).reshape(shape)
+        self.std = np.array([_as_float("NormalizeImage", "std", s) for s in std], np.float32).reshape(shape)
+        self.output_fp16 = output_fp16
+
+    def __call__(self, img, rng=None):
+        with np.errstate(divide="ignore", invalid="ignore"):  # std 0 gives inf, as numpy would
+            out = (img.astype(np.float32) * self.scale - self.mean) / self.std
+        return out.astype(np.float16) if self.output_fp16 else out
+
+
+@TRANSFORMS.register()
+class ToCHWImage:
+    """HWC -> CHW."""
+
+    def __call__(self, img, rng=None):
+        return np.ascontiguousarray(img.transpose(2, 0, 1))
+
+
+def create_operators(list_cfg):
+    """Build ops from PLSC's list form `[{Name: {kwargs} or None}, ...]`."""
+    if list_cfg is None:
+        return []
+    if not isinstance(list_cfg, (list, tuple)):
+        raise ConfigError(f"transform_ops: expected a list of {{Name: {{args}}}} items, got {list_cfg!r}")
+    ops = []
+    for i, item in enumerate(list_cfg):
+        if not isinstance(item, dict) or len(item) != 1:
+            raise ConfigError(f"transform_ops.{i}: expected one {{Name: {{args}}}} item, got {item!r}")
+        (name, kwargs), = item.items()
+        if kwargs is not None and not isinstance(kwargs, dict):
+            raise ConfigError(f"transform_ops.{i}.{name}: expected a dict of arguments or null, got {kwargs!r}")
+        ops.append(TRANSFORMS.build({"name": name, **(kwargs or {})}))
+    return ops
+
+
+def apply_operators(ops, img, rng):
+    for op in ops:
+        img = op(img, rng)
+    return img

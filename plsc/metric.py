@@ -1,0 +1,81 @@
+"""Metrics for the `Metric.Train` / `Metric.Eval` config lists.
+
+A metric returns COUNTS, not ratios: `{'top1': 37.0, 'top5': 60.0}` is the number of correct
+samples in the batch. The engine sums counts over batches and ranks and divides once by the
+exact number of samples, so uneven last batches and the distributed sampler's padding (dropped
+by the engine) cannot skew the average.
+"""
+import numpy as np
+import paddle
+
+from .errors import ConfigError
+from .loss import split_labels
+from .registry import METRICS
+
+
+def hard_labels(logits, labels):
+    """int64 [B] class ids; soft / multi-hot labels give their argmax (for multi-hot: the first
+    positive class)."""
+    hard, soft = split_labels(logits, labels)
+    return hard if hard is not None else paddle.argmax(soft, axis=-1)
+
+
+@METRICS.register()
+class TopkAcc:
+    """Count of samples whose label is among the k highest logits, for each k in `topk`
+    (keys `top{k}`). A k larger than the number of classes counts every sample."""
+
+    def __init__(self, topk: list = (1, 5)):
+        if isinstance(topk, (bool, str)) or not isinstance(topk, (list, tuple)) or not topk \
+                or any(isinstance(k, bool) or not isinstance(k, int) or k < 1 for k in topk):
+            raise ConfigError(f"TopkAcc.topk must be a list of integers >= 1, got {topk!r}")
+        self.topk = sorted(set(topk))
+
+    @paddle.no_grad()
+    def __call__(self, logits, labels):
+        label = hard_labels(logits, labels)
+        batch, num_classes = logits.shape[0], logits.shape[-1]
+        if batch == 0:
+            return {f"top{k}": 0.0 for k in self.topk}
+        kmax = min(self.topk[-1], num_classes)
+        _, idx = paddle.topk(logits, k=kmax, axis=-1)
+        # a label occurs at most once in a row of idx, so the running sum along k is 0/1:
+        # "label within the first k"
+        hits = (idx == label.unsqueeze(-1)).astype("float32").cumsum(axis=-1).sum(axis=0)
+        hits = np.asarray(hits.numpy(), dtype=np.float64)  # one host sync for all k
+        return {f"top{k}": float(hits[min(k, num_classes) - 1]) for k in self.topk}
+
+
+class CombinedMetric:
+    def __init__(self, metrics):
+        self.metrics = metrics
+
+    def __call__(self, logits, labels):
+        out = {}
+        for m in self.metrics:
+            out.update(m(logits, labels))
+        return out
+
+
+def build_metrics(list_cfg, section="Metric"):
+    """fn(logits, labels) -> {name: correct count} from `[{TopkAcc: {topk: [1, 5]}}, ...]`.
+
+    None or [] gives a function returning {} (a section without metrics).
+    """
+    if list_cfg is None:
+        list_cfg = []
+    if not isinstance(list_cfg, (list, tuple)):
+        raise ConfigError(f"{section} must be a list of {{MetricName: {{...}}}}, got {list_cfg!r}")
+    metrics = []
+    for i, item in enumerate(list_cfg):
+        if not isinstance(item, dict) or len(item) != 1:
+            raise ConfigError(f"{section}.{i} must be a single {{MetricName: {{...}}}} mapping,"
+                              f" got {item!r}")
+        (name, params), = item.items()
+        if params is None:
+            params = {}
+        if not isinstance(params, dict):
+            raise ConfigError(f"{section}.{i}.{name} must be a mapping of arguments or null,"
+                              f" got {params!r}")
+        metrics.append(METRICS.build({"name": name, **params}))
+    return CombinedMetric(metrics)

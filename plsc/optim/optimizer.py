@@ -1,0 +1,164 @@
+"""Optimizers for the `Optimizer` config section: AdamW and Momentum, with a weight-decay
+exemption chosen by STRUCTURED parameter name, and global-norm clipping built separately.
+
+Weight-decay exemption: `no_weight_decay_name` is a space-separated list of regular expressions;
+a parameter whose structured name (`model.named_parameters()`, e.g. `blocks.0.attn.qkv.bias`)
+matches any of them (`re.search`) gets no weight decay. Nothing else is exempted automatically
+(not even 1-D parameters): the patterns are the whole rule, so users control it. The default
+`bias norm pos_embed cls_token` exempts, for a ViT, every bias, every LayerNorm parameter
+(`blocks.N.norm1/norm2`, `norm`), `pos_embed` and `cls_token`, and nothing else.
+`no_weight_decay_name: null` (or "") decays every parameter.
+
+All trainable parameters go to the paddle optimizer as ONE list (the exemption is applied per
+parameter inside the update), because paddle's sharding optimizer rejects parameter groups.
+
+The registered factories `AdamW` / `Momentum` take the config keys; the engine's runtime objects
+(`model`, `learning_rate` = the LRScheduler, `multi_precision`) are keyword-only and hidden from
+the config-facing signature.
+"""
+import re
+from typing import Optional
+
+import paddle
+
+from ..errors import ConfigError
+from ..registry import OPTIMIZERS
+from .clip import build_grad_clip
+from .lr import check_number, config_signature
+
+DEFAULT_NO_WEIGHT_DECAY_NAME = "bias norm pos_embed cls_token"
+RUNTIME_ARGS = ("model", "learning_rate", "multi_precision")
+
+
+def compile_patterns(no_weight_decay_name):
+    """The regular expressions of a `no_weight_decay_name` string (None / "" -> none)."""
+    if no_weight_decay_name is None:
+        return []
+    if not isinstance(no_weight_decay_name, str):
+        raise ConfigError("Optimizer.no_weight_decay_name must be a string of space-separated "
+                          f"regular expressions, got {no_weight_decay_name!r}")
+    patterns = []
+    for token in no_weight_decay_name.split():
+        try:
+            patterns.append(re.compile(token))
+        except re.error as e:
+            raise ConfigError(f"Optimizer.no_weight_decay_name: {token!r} is not a valid "
+                              f"regular expression ({e})") from None
+    return patterns
+
+
+def split_decay(model, no_weight_decay_name=DEFAULT_NO_WEIGHT_DECAY_NAME):
+    """([(name, param)] with decay, [(name, param)] without) over the TRAINABLE parameters."""
+    patterns = compile_patterns(no_weight_decay_name)
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if p.stop_gradient:  # frozen: not optimized at all
+            continue
+        (no_decay if any(r.search(name) for r in patterns) else decay).append((name, p))
+    if not decay and not no_decay:
+        raise ConfigError("the model has no trainable parameters to optimize")
+    return decay, no_decay
+
+
+def _betas(betas):
+    if not isinstance(betas, (list, tuple)) or len(betas) != 2:
+        raise ConfigError(f"Optimizer.betas must be a pair [beta1, beta2], got {betas!r}")
+    return tuple(check_number("Optimizer.betas", b, minimum=0.0, maximum=1.0, max_open=True)
+                 for b in betas)
+
+
+def _compat_flag(key, value):
+    if value is not None and not isinstance(value, bool):
+        raise ConfigError(f"Optimizer.{key} must be true, false or null, got {value!r}")
+
+
+@OPTIMIZERS.register()
+@config_signature(*RUNTIME_ARGS)
+def AdamW(betas: list = (0.9, 0.999), epsilon: float = 1e-8, weight_decay: float = 0.0,
+          no_weight_decay_name: Optional[str] = DEFAULT_NO_WEIGHT_DECAY_NAME,
+          grad_clip: Optional[dict] = None, use_master_param: Optional[bool] = None,
+          exp_avg_force_fp32: Optional[bool] = None, *, model, learning_rate,
+          multi_precision=False):
+    """paddle.optimizer.AdamW: decoupled decay p -= lr * weight_decay * p on non-exempt params,
+    bias-corrected Adam update on all.
+
+    `grad_clip` is built by `build_optimizer` (one global norm), never given to paddle.
+    `use_master_param` / `exp_avg_force_fp32` appear in PLSC's published configs and are
+    accepted for compatibility only: fp32 master weights and fp32 moments follow
+    `multi_precision`, which the engine turns on for AMP O2 (PLSC's O2 without master weights
+    is a defect we do not reproduce).
+    """
+    del grad_clip
+    _compat_flag("use_master_param", use_master_param)
+    _compat_flag("exp_avg_force_fp32", exp_avg_force_fp32)
+    beta1, beta2 = _betas(betas)
+    epsilon = check_number("Optimizer.epsilon", epsilon, minimum=0.0, min_open=True)
+    weight_decay = check_number("Optimizer.weight_decay", weight_decay, minimum=0.0)
+    decay, no_decay = split_decay(model, no_weight_decay_name)
+    exempt = {p.name for _, p in no_decay}  # paddle calls the rule with the unique param.name
+    return paddle.optimizer.AdamW(
+        learning_rate=learning_rate, beta1=beta1, beta2=beta2, epsilon=epsilon,
+        parameters=[p for _, p in decay + no_decay], weight_decay=weight_decay,
+        apply_decay_param_fun=lambda param_name: param_name not in exempt,
+        multi_precision=multi_precision)
+
+
+class MomentumL2(paddle.optimizer.Momentum):
+    """paddle Momentum whose fused L2 decay skips the parameters named in `no_decay` (their
+    unique `param.name`s). Same update as paddle's: with g' = g + weight_decay * p (decayed
+    params only), v = momentum * v + g'; p -= lr * v (or lr * (g' + momentum * v) if Nesterov).
+    """
+
+    def __init__(self, *args, no_decay=(), **kwargs):
+        super().__init__(*args, **kwargs)
+        self._no_decay = frozenset(no_decay)
+
+    def _append_optimize_op(self, block, param_and_grad):
+        pair = param_and_grad["params"] if isinstance(param_and_grad, dict) else param_and_grad
+        param = pair[0]
+        if getattr(param, "name", None) not in self._no_decay:
+            return super()._append_optimize_op(block, param_and_grad)
+        saved = self._regularization_method, self._regularization_coeff
+        self._regularization_method, self._regularization_coeff = "", 0.0
+        try:
+            return super()._append_optimize_op(block, param_and_grad)
+        finally:
+            self._regularization_method, self._regularization_coeff = saved
+
+
+@OPTIMIZERS.register()
+@config_signature(*RUNTIME_ARGS)
+def Momentum(momentum: float = 0.9, weight_decay: float = 0.0,
+             no_weight_decay_name: Optional[str] = DEFAULT_NO_WEIGHT_DECAY_NAME,
+             use_nesterov: bool = False, grad_clip: Optional[dict] = None,
+             use_master_param: Optional[bool] = None, *, model, learning_rate,
+             multi_precision=False):
+    """SGD with momentum and L2 weight decay (added to the gradient, PLSC's Momentum semantics)
+    on the non-exempt parameters. `grad_clip` / `use_master_param`: as for AdamW."""
+    del grad_clip
+    _compat_flag("use_master_param", use_master_param)
+    if not isinstance(use_nesterov, bool):
+        raise ConfigError(f"Optimizer.use_nesterov must be true or false, got {use_nesterov!r}")
+    momentum = check_number("Optimizer.momentum", momentum, minimum=0.0, maximum=1.0,
+                            max_open=True)
+    weight_decay = check_number("Optimizer.weight_decay", weight_decay, minimum=0.0)
+    decay, no_decay = split_decay(model, no_weight_decay_name)
+    return MomentumL2(
+        learning_rate=learning_rate, momentum=momentum,
+        parameters=[p for _, p in decay + no_decay], use_nesterov=use_nesterov,
+        weight_decay=weight_decay, multi_precision=multi_precision,
+        no_decay={p.name for _, p in no_decay})
+
+
+def build_optimizer(opt_cfg: dict, lr_scheduler, model, multi_precision: bool = False):
+    """(optimizer, grad_clip) for the `Optimizer` config section.
+
+    grad_clip is None or `clip(params) -> total_norm`; the engine calls it on the unscaled grads
+    of all parameters before `optimizer.step()`, then steps `lr_scheduler` itself.
+    """
+    if not isinstance(opt_cfg, dict):
+        raise ConfigError(f"Optimizer must be a mapping with a 'name', got {opt_cfg!r}")
+    clip = build_grad_clip(opt_cfg.get("grad_clip"))
+    optimizer = OPTIMIZERS.build(dict(opt_cfg), model=model, learning_rate=lr_scheduler,
+                                 multi_precision=bool(multi_precision))
+    return optimizer, clip
