@@ -9,7 +9,7 @@ against the source checkpoint without trusting any conversion code from `plsc`. 
   * pre-Linen (LayerNorm_0, MultiHeadDotProductAttention_1, LayerNorm_2, MlpBlock_3) and Linen
     (LayerNorm_0, MultiHeadDotProductAttention_0, LayerNorm_1, MlpBlock_0) block names;
   * big_vision files: `params/` or `params/img/` prefix and a top-level `pos_embedding` without a
-    class row, added to the patches BEFORE the class token is prepended;
+    class row, added to the patches BEFORE the class token is prepended; `opt/target/` files;
   * the R50 hybrid stem (weight-standardised convs, GroupNorm(32, 1e-6), TF/Flax SAME padding).
 
 Inputs are NCHW (Paddle's layout); the official code runs NHWC, so we transpose once on entry.
@@ -96,7 +96,7 @@ def relu(x):
 
 # ----------------------------------------------------------------------------- checkpoint access
 def _strip_prefix(params):
-    for prefix in ("params/img/", "params/", ""):
+    for prefix in ("params/img/", "params/", "opt/target/", ""):
         if prefix + "embedding/kernel" in params:
             return {k[len(prefix):]: v for k, v in params.items() if k.startswith(prefix)}
     raise KeyError("no embedding/kernel in the checkpoint")

@@ -56,10 +56,13 @@ def test_accum_2_equals_double_batch(tmp_path, data_root):
 def test_resume_mid_epoch_equals_uninterrupted(tmp_path, data_root):
     # 32 train images / batch 4 = 8 steps per epoch: stop at 3 (mid-epoch 1), resume to 11
     # (mid-epoch 2): the resumed run must cross the epoch boundary and its eval exactly as before.
+    # AdamW (moments to restore), dropout and random flips (RNG and data order to restore)
+    adamw = {"name": "AdamW", "weight_decay": 0.1,
+             "grad_clip": {"name": "ClipGradByGlobalNorm", "clip_norm": 1.0}}
     full = tiny_config(tmp_path / "full", data_root, **{"Global.max_train_step": 11,
-                                                        "Model.drop_rate": 0.1})
+                                                        "Model.drop_rate": 0.1, "Optimizer": adamw})
     part = tiny_config(tmp_path / "part", data_root, **{"Global.max_train_step": 3,
-                                                        "Model.drop_rate": 0.1})
+                                                        "Model.drop_rate": 0.1, "Optimizer": adamw})
     e_full = train(full)
     train(part)
     out = tmp_path / "part/out/VisionTransformer"
@@ -202,7 +205,7 @@ def test_checkpoint_files_and_retention(tmp_path, data_root):
             assert prefix + ext in names
     assert "epoch_1.pdparams" not in names  # only the newest 2 are kept
     assert "config.yaml" in names and "train.log" in names
-    st = paddle.load(str(out / "latest.pdstates"))
+    st = ckpt.load_states(str(out / "latest"))
     assert st["epoch"] == 3 and st["global_step"] == 24 and st["best_top1"] == e.best_top1
     log = open(out / "train.log").read()
     assert re.search(r"\[Train\]\[Epoch 1/3\]\[Iter: 1/8\]lr: [\d.e-]+, loss: [\d.]+, top1: [\d.]+, "

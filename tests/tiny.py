@@ -30,9 +30,12 @@ def tiny_config(tmp_path, data_root, train_size=32, val_size=13, batch_size=4, e
                   "depth": 2, "num_heads": 2, "class_num": 4},
         "Loss": {"Train": [{"CELoss": {"weight": 1.0}}], "Eval": [{"CELoss": {"weight": 1.0}}]},
         "Metric": {"Train": [{"TopkAcc": {"topk": [1, 2]}}], "Eval": [{"TopkAcc": {"topk": [1, 2]}}]},
-        "LRScheduler": {"name": "ViTLRScheduler", "learning_rate": 0.01, "decay_type": "cosine",
+        "LRScheduler": {"name": "ViTLRScheduler", "learning_rate": 0.1, "decay_type": "cosine",
                         "warmup_steps": 2},
-        "Optimizer": {"name": "AdamW", "weight_decay": 0.1,
+        # Momentum by default: equivalence tests compare runs whose gradients differ by float
+        # rounding only, and SGD keeps that rounding small where Adam's first steps (~sign(g))
+        # amplify it for near-zero gradients.
+        "Optimizer": {"name": "Momentum", "momentum": 0.9, "weight_decay": 1e-4,
                       "grad_clip": {"name": "ClipGradByGlobalNorm", "clip_norm": 1.0}},
         "DataLoader": {
             "Train": {"dataset": dataset("train"),
@@ -51,6 +54,7 @@ def tiny_config(tmp_path, data_root, train_size=32, val_size=13, batch_size=4, e
         for p in path:
             node = node.setdefault(p, {})
         node[last] = value
+    tmp_path.mkdir(parents=True, exist_ok=True)
     path = tmp_path / "tiny.yaml"
     path.write_text(yaml.safe_dump(cfg, sort_keys=False))
     return str(path)

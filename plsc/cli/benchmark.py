@@ -3,7 +3,10 @@
     python tools/benchmark.py train --model ViT_tiny_patch16_224 --batch-size 32 --steps 10
         training images/s of the engine, and of a bare Paddle loop over the same model, batch,
         loss, optimizer and clipping; prints the engine's overhead in percent (target: < 3%).
-Other sections (convert, inference) live beside this one; `--help` lists them.
+    python tools/benchmark.py inference --model ViT_tiny_patch16_224 --batch-size 8
+        inference images/s of the dygraph model, the exported fp32 predictor (oneDNN) and the
+        bf16 predictor where the CPU supports it, with ratios vs dygraph.
+Other sections live beside these; `--help` lists them.
 """
 import argparse
 import os
@@ -98,7 +101,74 @@ def bench_train(args):
         print(f"  engine overhead  : {100 * (ips_bare / ips_eng - 1):+.2f}%  (target < 3%)")
 
 
-SECTIONS = {"train": bench_train}
+def _ips(fn, batch_size, steps, repeats):
+    """Median images/s of `steps` calls of fn() over `repeats` timed runs (after a warm-up)."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        for _ in range(steps):
+            fn()
+        times.append(time.perf_counter() - t)
+    return batch_size * steps / statistics.median(times)
+
+
+def bench_inference(args):
+    """Inference images/s: dygraph (no_grad), the exported fp32 predictor (oneDNN) and, where
+    the CPU has bf16 kernels, the bf16 predictor; ratios vs dygraph."""
+    import numpy as np
+    import paddle
+
+    from ..apis import bf16_supported, create_predictor, save_inference_model
+    from ..models import build_model
+
+    device = "cpu" if args.device is None else args.device
+    paddle.set_device(device)
+    paddle.seed(0)
+    model = build_model({"name": args.model, "class_num": 1000,
+                         **({"img_size": args.img_size} if args.img_size else {})})
+    model.eval()
+    size = int(model.img_size)
+    batch = np.random.default_rng(0).standard_normal(
+        (args.batch_size, 3, size, size)).astype("float32")
+    x = paddle.to_tensor(batch)
+    with paddle.no_grad():
+        expected = model(x).numpy()
+
+    def dygraph():
+        with paddle.no_grad():
+            model(x).numpy()
+
+    rows = [("dygraph", _ips(dygraph, args.batch_size, args.steps, args.repeats), None)]
+    with tempfile.TemporaryDirectory() as tmp:
+        files = save_inference_model(model, os.path.join(tmp, "inference"), (3, size, size))
+        precisions = ["fp32"] + (["bf16"] if device == "cpu" and bf16_supported() else [])
+        for precision in precisions:
+            predictor = create_predictor(files["model"], files["params"], device, precision)
+            handle = predictor.get_input_handle(predictor.get_input_names()[0])
+            output = predictor.get_output_handle(predictor.get_output_names()[0])
+
+            def run_predictor():
+                handle.reshape(list(batch.shape))
+                handle.copy_from_cpu(batch)
+                predictor.run()
+                return output.copy_to_cpu()
+
+            diff = float(np.abs(run_predictor() - expected).max())
+            rows.append((f"exported {precision}",
+                         _ips(run_predictor, args.batch_size, args.steps, args.repeats), diff))
+    threads = os.environ.get("OMP_NUM_THREADS", "?")
+    print(f"inference {args.model} {size}px batch {args.batch_size} on {device}, "
+          f"{args.steps} batches x {args.repeats}, {threads} thread(s):")
+    base = rows[0][1]
+    for name, ips, diff in rows:
+        extra = "" if diff is None else f"  (max |logits - dygraph| {diff:.1e})"
+        print(f"  {name:<15}: {ips:8.2f} images/s  x{ips / base:.2f} vs dygraph{extra}")
+    if device == "cpu" and not bf16_supported():
+        print("  bf16           : not supported on this CPU (needs AVX512-BF16 or AMX)")
+
+
+SECTIONS = {"train": bench_train, "inference": bench_inference}
 
 
 def main(argv=None):
@@ -113,6 +183,16 @@ def main(argv=None):
         t.add_argument("--steps", type=int, default=5)
         t.add_argument("--repeats", type=int, default=3)
         t.add_argument("--debug", action="store_true")
+        i = sub.add_parser("inference", help="inference images/s: dygraph, exported fp32 "
+                                             "and bf16 predictors")
+        i.add_argument("--model", default="ViT_tiny_patch16_224")
+        i.add_argument("--batch-size", type=int, default=8)
+        i.add_argument("--img-size", type=int, default=None,
+                       help="default: the model's own resolution")
+        i.add_argument("--steps", type=int, default=5)
+        i.add_argument("--repeats", type=int, default=3)
+        i.add_argument("--device", default=None, help="cpu (default) or gpu:N")
+        i.add_argument("--debug", action="store_true")
         args = parser.parse_args(argv)
         use_all_cores()
         SECTIONS[args.section](args)

@@ -218,20 +218,32 @@ def arch_label(arch):
 
 
 def factory_name(arch):
-    """Name of the registered factory that builds exactly this architecture, or None."""
-    size = SIZES.get((arch.embed_dim, arch.depth, arch.num_heads, arch.mlp_dim))
-    if size is None or arch.in_chans != 3 or arch.grid[0] != arch.grid[1]:
-        return None
-    if arch.resnet_layers is not None:
-        if size != "base" or arch.resnet_layers != R50_LAYERS or arch.resnet_width != 64 \
-                or arch.patch_size != 16:
-            return None
-        name = f"ViT_base_r50_s16_{arch.img_size}"
-    else:
-        name = f"ViT_{size}_patch{arch.patch_size}_{arch.img_size}"
+    """Name of a registered factory whose preset builds exactly `arch`, or None.
+
+    Data-driven: compares the factories' defaults (their `preset`) with the architecture, so
+    e.g. ViT-H/14 at the "384" setting (378 px, see vit.py) is found too.
+    """
     from .. import models  # noqa: F401  (registers the factories)
     from ..registry import MODELS
-    return name if name in MODELS else None
+    if arch.grid[0] != arch.grid[1]:
+        return None
+    want = {"img_size": arch.img_size, "patch_size": arch.patch_size, "in_chans": arch.in_chans,
+            "embed_dim": arch.embed_dim, "depth": arch.depth, "num_heads": arch.num_heads,
+            "mlp_ratio": arch.mlp_dim / arch.embed_dim, "qkv_bias": True}
+    if arch.resnet_layers is not None:
+        want.update(resnet_layers=list(arch.resnet_layers), resnet_width=arch.resnet_width)
+    for name in MODELS.names():
+        if getattr(MODELS.get(name), "preset", None) is None:
+            continue
+        params = MODELS.parameters(name) or {}
+        if ("resnet_layers" in params) != (arch.resnet_layers is not None):
+            continue
+        defaults = {k: p.default for k, p in params.items()}
+        if isinstance(defaults.get("resnet_layers"), tuple):
+            defaults["resnet_layers"] = list(defaults["resnet_layers"])
+        if all(defaults.get(k) == v for k, v in want.items()):
+            return name
+    return None
 
 
 def model_config(arch, act="gelu_tanh", epsilon=1e-6):

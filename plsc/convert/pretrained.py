@@ -116,13 +116,19 @@ def load_pretrained(model, path, finetune=False, pos_embed_interp="bilinear", lo
                     log(f"pretrained: {', '.join(mk)} not in the checkpoint: kept the model's init")
         for k in report["kept_init"]:
             state[k] = None  # placeholder: filled from the model below
+        # A token checkpoint for a gap model (or vice versa) is not resized: the cls_token
+        # key mismatch is reported below.
+        prefix = 1 if "cls_token" in model_shapes else 0
         if "pos_embed" in state and "pos_embed" in model_shapes \
-                and _shape(state["pos_embed"]) != model_shapes["pos_embed"]:
+                and _shape(state["pos_embed"]) != model_shapes["pos_embed"] \
+                and ("cls_token" in state) == bool(prefix):
             old = _shape(state["pos_embed"])
-            prefix = int(getattr(model, "num_prefix_tokens", 1 if "cls_token" in model_shapes else 0))
             grid = tuple(model.patch_embed.grid_size)
-            state["pos_embed"] = resize_pos_embed(state["pos_embed"], grid, prefix,
-                                                  pos_embed_interp)
+            try:
+                state["pos_embed"] = resize_pos_embed(state["pos_embed"], grid, prefix,
+                                                      pos_embed_interp)
+            except ConfigError as e:
+                raise ConfigError(f"{path}: {e}") from None
             new = _shape(state["pos_embed"])
             if new != model_shapes["pos_embed"]:
                 raise ConfigError(f"{path}: pos_embed {old} resized to {new} but the model "

@@ -13,6 +13,7 @@ a set torn by a crash between renames is detected and the backup is used instead
 """
 import glob
 import os
+import pickle
 import re
 import zlib
 
@@ -25,7 +26,12 @@ EXTS = (".pdparams", ".pdopt", ".pdstates")
 
 
 def _write(obj, path):
-    paddle.save(obj, path)
+    if path.endswith(".pdstates"):
+        # plain pickle: paddle.load would try to turn the numpy RNG state (uint32) into a tensor
+        with open(path, "wb") as f:
+            pickle.dump(obj, f, protocol=4)
+    else:
+        paddle.save(obj, path)
     with open(path, "rb+") as f:
         os.fsync(f.fileno())
 
@@ -120,7 +126,7 @@ def torn_reason(prefix):
         if not os.path.isfile(prefix + ext):
             return f"{prefix + ext} not found"
     try:
-        files = paddle.load(prefix + ".pdstates").get("files", {})
+        files = load_states(prefix).get("files", {})
     except Exception as e:  # a truncated pickle raises many different types
         return f"{prefix}.pdstates is unreadable ({type(e).__name__})"
     for ext, crc in files.items():
@@ -142,8 +148,13 @@ def load_resume(prefix, log=None):
         else:
             raise ConfigError(f"Global.checkpoint: {reason} "
                               f"(resume needs {', '.join(os.path.basename(prefix) + e for e in EXTS)})")
-    return (paddle.load(prefix + ".pdparams"), paddle.load(prefix + ".pdopt"),
-            paddle.load(prefix + ".pdstates"))
+    return paddle.load(prefix + ".pdparams"), paddle.load(prefix + ".pdopt"), load_states(prefix)
+
+
+def load_states(prefix):
+    """The .pdstates dict (a pickle of plain Python/numpy values written by plsc itself)."""
+    with open(strip_prefix(prefix) + ".pdstates", "rb") as f:
+        return pickle.load(f)
 
 
 def set_model_state(model, state, source):

@@ -21,19 +21,21 @@ State-dict names (official -> ours mapping is documented in plsc/convert/npz.py)
   patch_embed.backbone.stages.{s}.units.{u}.{conv1,conv2,conv3,conv_proj}.weight, .{gn1,gn2,gn3,gn_proj}.{weight,bias}
   patch_embed.proj.{weight,bias}, then the usual ViT names.
 """
-import math
-from typing import Optional
+import inspect
 
-import numpy as np
 import paddle
 import paddle.nn as nn
 import paddle.nn.functional as F
 
 from ..errors import ConfigError
+from ..registry import MODELS
+from .layers import constant, lecun_normal
+from .vit import VisionTransformer
 
 WS_EPS = 1e-5
 GN_GROUPS = 32
 GN_EPS = 1e-6
+R50_LAYERS = (3, 4, 9)
 
 
 def same_padding(size, kernel, stride):
@@ -43,20 +45,15 @@ def same_padding(size, kernel, stride):
     return total // 2, total - total // 2
 
 
-def _lecun_normal(fan_in):
-    return nn.initializer.Normal(0.0, 1.0 / math.sqrt(fan_in))
-
-
 class StdConv2d(nn.Layer):
     """Conv2D without bias, weight-standardised per output channel, 'SAME' padding."""
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1):
         super().__init__()
         self.stride, self.kernel_size = stride, kernel_size
-        fan_in = in_channels * kernel_size * kernel_size
         self.weight = self.create_parameter(
             [out_channels, in_channels, kernel_size, kernel_size],
-            default_initializer=_lecun_normal(fan_in))
+            attr=lecun_normal(in_channels * kernel_size * kernel_size))  # Flax nn.Conv default
 
     def standardized_weight(self):
         w = self.weight
@@ -73,10 +70,8 @@ class StdConv2d(nn.Layer):
 
 
 def _group_norm(channels, zero_init=False):
-    weight = nn.initializer.Constant(0.0 if zero_init else 1.0)
     return nn.GroupNorm(GN_GROUPS, channels, epsilon=GN_EPS,
-                        weight_attr=paddle.ParamAttr(initializer=weight),
-                        bias_attr=paddle.ParamAttr(initializer=nn.initializer.Constant(0.0)))
+                        weight_attr=constant(0.0 if zero_init else 1.0), bias_attr=constant(0.0))
 
 
 class ResidualUnit(nn.Layer):
@@ -132,7 +127,7 @@ class RootBlock(nn.Layer):
 class ResNetBackbone(nn.Layer):
     """Root + stages; output stride 4 * 2**(len(layers) - 1), channels 4 * width * 2**(S-1)."""
 
-    def __init__(self, in_channels=3, width=64, layers=(3, 4, 9)):
+    def __init__(self, in_channels=3, width=64, layers=R50_LAYERS):
         super().__init__()
         if width % GN_GROUPS:
             raise ConfigError(f"resnet_width must be a multiple of {GN_GROUPS} (GroupNorm "
@@ -155,3 +150,90 @@ class ResNetBackbone(nn.Layer):
         for stage in self.stages:
             x = stage(x)
         return x
+
+
+class HybridEmbed(nn.Layer):
+    """ResNet stem + patch-embedding conv -> tokens [B, L, D]; a drop-in for PatchEmbed.
+
+    `patch_size` is the total stride in pixels (16 for R50+ViT-B/16): the conv on the stem's
+    output uses kernel = stride = patch_size / stem stride (1 for the R50 stem)."""
+
+    def __init__(self, img_size=224, patch_size=16, in_chans=3, embed_dim=768,
+                 resnet_layers=R50_LAYERS, resnet_width=64):
+        super().__init__()
+        self.backbone = ResNetBackbone(in_chans, resnet_width, resnet_layers)
+        stride = self.backbone.stride
+        if patch_size % stride:
+            raise ConfigError(f"ViTHybrid: patch_size {patch_size} must be a multiple of the "
+                              f"ResNet stem's stride {stride} ({len(resnet_layers)} stages)")
+        k = patch_size // stride
+        self.img_size = (img_size, img_size)
+        self.patch_size = (patch_size, patch_size)
+        self.grid_size = (img_size // patch_size, img_size // patch_size)
+        self.num_patches = self.grid_size[0] * self.grid_size[1]
+        cin = self.backbone.out_channels
+        self.proj = nn.Conv2D(cin, embed_dim, k, stride=k, weight_attr=lecun_normal(cin * k * k),
+                              bias_attr=constant(0.0))
+
+    def forward(self, x):
+        if paddle.in_dynamic_mode() and tuple(x.shape[2:]) != self.img_size:
+            raise ConfigError(
+                f"input images are {x.shape[2]}x{x.shape[3]} but the model was built for "
+                f"img_size {self.img_size[0]}; set Model.img_size or the transforms' size to match")
+        x = self.proj(self.backbone(x))  # [B, D, gh, gw]
+        return x.flatten(2).transpose([0, 2, 1])
+
+
+@MODELS.register()
+class ViTHybrid(VisionTransformer):
+    """VisionTransformer whose patch embedding is `HybridEmbed` (ResNet stem + 1x1 conv).
+
+    Takes every VisionTransformer keyword plus resnet_layers (units per stage) and
+    resnet_width (stem width, a multiple of 32). Pooling, blocks, heads are the ViT's.
+    """
+
+    def __init__(self, resnet_layers=R50_LAYERS, resnet_width=64, **kwargs):
+        super().__init__(**kwargs)
+        # VisionTransformer built a pixel PatchEmbed; swap in the stem (same name, so the state
+        # dict keeps `patch_embed.proj.*` and gains `patch_embed.backbone.*`). The token grid
+        # is img_size / patch_size in both, so pos_embed is already the right size.
+        self.patch_embed = HybridEmbed(
+            self.img_size, self.patch_size, kwargs.get("in_chans", 3), self.embed_dim,
+            tuple(int(u) for u in resnet_layers), int(resnet_width))
+
+
+def _signature(defaults):
+    """ViTHybrid's config keys: the resnet ones + VisionTransformer's, with `defaults`."""
+    vit = list(inspect.signature(VisionTransformer.__init__).parameters.values())[1:]
+    params = [inspect.Parameter("resnet_layers", inspect.Parameter.KEYWORD_ONLY,
+                                default=defaults.get("resnet_layers", R50_LAYERS), annotation=list),
+              inspect.Parameter("resnet_width", inspect.Parameter.KEYWORD_ONLY,
+                                default=defaults.get("resnet_width", 64), annotation=int)]
+    params += [p.replace(kind=inspect.Parameter.KEYWORD_ONLY,
+                         default=defaults.get(p.name, p.default)) for p in vit]
+    return inspect.Signature(params)
+
+
+ViTHybrid.__init__.__signature__ = inspect.Signature(
+    [inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD)]
+    + list(_signature({}).parameters.values()))
+
+
+def _factory(name, doc, **preset):
+    def factory(**kwargs):
+        return ViTHybrid(**{**preset, **kwargs})
+
+    factory.__signature__ = _signature(preset)
+    factory.__name__ = factory.__qualname__ = name
+    factory.__doc__ = doc
+    factory.preset = dict(preset)
+    return MODELS.register(name)(factory)
+
+
+R50_B16 = dict(patch_size=16, embed_dim=768, depth=12, num_heads=12, resnet_layers=R50_LAYERS,
+               resnet_width=64)
+ViT_base_r50_s16_224 = _factory(
+    "ViT_base_r50_s16_224", "R50+ViT-B/16, 224 px (98,659,112 params with 1000 classes).",
+    img_size=224, **R50_B16)
+ViT_base_r50_s16_384 = _factory("ViT_base_r50_s16_384", "R50+ViT-B/16, 384 px.",
+                                img_size=384, **R50_B16)
