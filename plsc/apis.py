@@ -6,7 +6,7 @@
     inference_model(model, [img, ...])    -> [dict, ...]   (paths or HWC uint8 RGB arrays)
     extract_feat(model, img)              -> {'patch_tokens' [B, D, h, w], 'cls_feature' [B, D]}
     attention_rollout(attn_list, num_prefix_tokens, discard_ratio=0.0) -> map [B, N - prefix]
-    export_model(cfg)                     -> {'model': .json, 'params': .pdiparams, 'infer_cfg': .yaml}
+    export_model(cfg)                     -> {'dir', 'model', 'params', 'infer_cfg', ...}
 
 Both kinds of model are a `Classifier`: `.preprocess` (path or array -> CHW float32, exactly the
 config's eval transforms), `.class_names` (list or None), `.topk`, `.logits(batch)`. The exported
@@ -36,7 +36,8 @@ PARAMS_FILE = EXPORT_PREFIX + ".pdiparams"
 MODEL_FILES = (EXPORT_PREFIX + ".json", EXPORT_PREFIX + ".pdmodel")  # Paddle 3.x (PIR), 2.x
 
 __all__ = ["Classifier", "Preprocess", "init_model", "inference_model", "extract_feat",
-           "attention_rollout", "attention_map", "export_model", "save_inference_model", "postprocess",
+           "attention_rollout", "attention_map", "export_model", "save_inference_model",
+           "postprocess", "create_predictor", "read_infer_cfg", "build_dygraph",
            "load_class_names", "resolve_class_names", "eval_transform_ops", "softmax",
            "bf16_supported"]
 
@@ -325,6 +326,10 @@ def init_model(config_or_path, checkpoint=None, device=None, precision="fp32", t
     if precision not in ("fp32", "bf16"):
         raise ConfigError(f"precision must be 'fp32' or 'bf16', got {precision!r}")
     device = _resolve_device(device)
+    if isinstance(config_or_path, (str, os.PathLike)) and not os.path.exists(config_or_path) \
+            and not os.fspath(config_or_path).endswith((".yaml", ".yml")):
+        raise DataError(f"{os.fspath(config_or_path)} does not exist (expected a config file or "
+                        f"an exported model directory)")
     if isinstance(config_or_path, (str, os.PathLike)) and os.path.isdir(config_or_path):
         if checkpoint is not None:
             raise ConfigError(f"{config_or_path} is an exported model directory: it carries its "

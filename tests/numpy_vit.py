@@ -137,8 +137,7 @@ def resnet_stem(p, x):
             stride = 2 if (s > 1 and u == 1) else 1  # stride on conv2 of each later stage's unit 1
 
             def conv_gn(y, name, gn, st=1):
-                pad = "SAME"
-                y = conv2d_nhwc(y, standardize(p[pre + name + "/kernel"]), st, pad)
+                y = conv2d_nhwc(y, standardize(p[pre + name + "/kernel"]), st, "SAME")
                 return group_norm(y, p[pre + gn + "/scale"], p[pre + gn + "/bias"])
 
             residual = x

@@ -20,7 +20,8 @@ from plsc.errors import ConfigError, DataError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOOL = os.path.join(ROOT, "tools", "convert.py")
-TINY = "ViT(d=32, depth=2, heads=2, mlp=64, patch=4) 16px"
+TINY_NAME = "ViT(d=32, depth=2, heads=2, mlp=64, patch=4)"  # no factory for the test size
+TINY = TINY_NAME + " 16px"
 
 
 def quiet(*_a, **_k):
@@ -39,6 +40,17 @@ def images(n=2, size=16, seed=3):
 def run_tool(*args):
     return subprocess.run([sys.executable, TOOL, *map(str, args)], capture_output=True,
                           text=True, cwd=ROOT, timeout=120)
+
+
+def cli(*args):
+    """The CLI in-process (same code path as tools/convert.py, without a paddle import per
+    call); returns the exit code."""
+    from plsc.cli.convert import main
+    try:
+        main([str(a) for a in args])
+    except SystemExit as e:
+        return e.code
+    return 0
 
 
 def last_line(text):
@@ -125,7 +137,7 @@ def test_summary_line_and_model_config_for_vit_b16():
                                         "epsilon": 1e-6}
 
 
-# ----------------------------------------------------------------------------- npz -> paddle numerics
+# ----------------------------------------------------------------------------- npz -> paddle
 VARIANTS = {
     "token": dict(),
     "gap": dict(classifier="gap"),
@@ -196,7 +208,7 @@ def test_in21k_file_with_zero_head_and_check_uses_tokens(tmp_path, capsys):
     assert out[0].startswith("check: max |final tokens / pre-logits features diff| = ")
     assert "head is all zero" in out[0]
     assert float(out[0].split("= ")[1].split()[0]) <= 1e-5
-    assert out[1].startswith(f"converted {TINY}: ")
+    assert out[1].startswith(f"converted {TINY_NAME}: ")
     assert "21843 classes, 16px, token pooling, pre-logits 32 -> " in out[1]
 
 
@@ -208,7 +220,7 @@ def test_cli_npz2paddle_check_prints_logits_diff(tmp_path):
     lines = r.stdout.splitlines()
     assert lines[0].startswith("check: max |logits diff| = ")
     assert float(lines[0].split("= ")[1].split()[0]) <= 1e-5
-    assert lines[1] == (f"converted {TINY}: 19,626 params, 10 classes, 16px, token pooling -> "
+    assert lines[1] == (f"converted {TINY_NAME}: 19,626 params, 10 classes, 16px, token pooling -> "
                         f"{tmp_path / 'vit.pdparams'}")
     assert sorted(os.listdir(tmp_path)) == ["s.npz", "vit.pdparams", "vit.yaml"]
 
@@ -219,11 +231,13 @@ def test_check_fails_loudly_and_writes_nothing_when_mapping_is_wrong(tmp_path, m
 
     def swapped(params, arch):  # a plausible mapping bug: block 0's two LayerNorms swapped
         s = real(params, arch)
-        s["blocks.0.norm1.bias"], s["blocks.0.norm2.bias"] = s["blocks.0.norm2.bias"], s["blocks.0.norm1.bias"]
+        a, b = "blocks.0.norm1.bias", "blocks.0.norm2.bias"
+        s[a], s[b] = s[b], s[a]
         return s
 
     monkeypatch.setattr(npz, "official_to_ours", swapped)
-    with pytest.raises(DataError, match=r"^check failed: max \|logits diff\| = .* nothing written$"):
+    with pytest.raises(DataError,
+                       match=r"^check failed: max \|logits diff\| = .* nothing written$"):
         npz.npz_to_paddle(save_npz(tmp_path / "s.npz", p), str(tmp_path / "d"), check=True,
                           log=quiet)
     assert os.listdir(tmp_path) == ["s.npz"]
@@ -236,9 +250,8 @@ def test_check_fails_loudly_and_writes_nothing_when_mapping_is_wrong(tmp_path, m
 def test_npz_paddle_npz_roundtrip_is_bitwise(tmp_path, kw):
     p = nv.random_official(seed=8, **kw)
     src = save_npz(tmp_path / "a.npz", p)
-    assert run_tool("npz2paddle", src, tmp_path / "m").returncode == 0
-    r = run_tool("paddle2npz", tmp_path / "m", tmp_path / "b.npz")
-    assert r.returncode == 0, r.stderr
+    assert cli("npz2paddle", src, tmp_path / "m") == 0
+    assert cli("paddle2npz", tmp_path / "m", tmp_path / "b.npz") == 0
     with np.load(src) as a, np.load(tmp_path / "b.npz") as b:
         assert set(a.files) == set(b.files)
         for k in a.files:
@@ -260,16 +273,32 @@ def test_export_writes_released_layout_from_linen_big_vision_import(tmp_path):
     assert np.abs(nv.forward(out, x) - nv.forward(p, x)).max() < 1e-5
 
 
-def test_paddle2npz_needs_heads_for_nonstandard_width_without_yaml(tmp_path):
+def test_paddle2npz_needs_heads_for_nonstandard_width_without_yaml(tmp_path, capsys):
     p = nv.random_official(seed=10)
     npz.npz_to_paddle(save_npz(tmp_path / "a.npz", p), str(tmp_path / "m"), log=quiet)
-    os.remove(tmp_path / "m.yaml")
-    r = run_tool("paddle2npz", tmp_path / "m", tmp_path / "b.npz")
-    assert r.returncode == 2
-    assert last_line(r.stderr) == (f"error: {tmp_path / 'm.pdparams'}: cannot tell the number of "
-                                f"heads for width 32 (q, k and v are fused); pass --model-config "
-                                f"with Model.num_heads")
+    os.rename(tmp_path / "m.yaml", tmp_path / "model.yaml")
+    assert cli("paddle2npz", tmp_path / "m", tmp_path / "b.npz") == 2
+    assert capsys.readouterr().err == (
+        f"error: {tmp_path / 'm.pdparams'}: cannot tell the number of heads for width 32 "
+        f"(q, k and v are fused); pass --model-config with Model.num_heads\n")
     assert not os.path.exists(tmp_path / "b.npz")
+    assert cli("paddle2npz", tmp_path / "m", tmp_path / "b.npz", "--model-config",
+               tmp_path / "model.yaml") == 0
+    with np.load(tmp_path / "b.npz") as b:
+        assert all(b[k].tobytes() == p[k].tobytes() for k in p)
+
+
+def test_paddle2npz_warns_when_the_model_numerics_are_not_official(tmp_path):
+    p = nv.random_official(seed=18)
+    npz.npz_to_paddle(save_npz(tmp_path / "a.npz", p), str(tmp_path / "m"), log=quiet)
+    (tmp_path / "erf.yaml").write_text(yaml.safe_dump({"Model": {
+        "name": "VisionTransformer", "embed_dim": 32, "num_heads": 2, "act": "gelu"}}))
+    logs = []
+    npz.paddle_to_npz(str(tmp_path / "m.pdparams"), str(tmp_path / "b.npz"),
+                      model_config_path=str(tmp_path / "erf.yaml"), log=logs.append)
+    assert logs[0] == ("warning: the model uses act=gelu, epsilon=1e-06; the official code runs "
+                       "gelu_tanh and epsilon 1e-6, so its outputs will differ slightly")
+    assert logs[1] == (f"exported {TINY}: 40 arrays, 19,626 params -> {tmp_path / 'b.npz'}")
 
 
 # ----------------------------------------------------------------------------- bad input
@@ -311,7 +340,8 @@ def _bad_inputs(tmp_path):
     cases["no_vit"] = (save_npz(tmp_path / "other.npz", {"w": np.zeros(2, np.float32)}),
                        f"{tmp_path / 'other.npz'}: missing arrays: embedding/kernel "
                        f"(not a ViT checkpoint?)")
-    cases["int"] = (save_npz(tmp_path / "int.npz", dict(p, **{"cls": np.zeros((1, 1, 32), np.int64)})),
+    ints = dict(p, **{"cls": np.zeros((1, 1, 32), np.int64)})
+    cases["int"] = (save_npz(tmp_path / "int.npz", ints),
                     f"{tmp_path / 'int.npz'}: array 'cls' has dtype int64, expected floating point")
     return cases
 
@@ -398,13 +428,11 @@ def test_timm2paddle_matches_official_forward_and_roundtrips_bitwise(tmp_path, c
     p = nv.random_official(seed=14, classifier=classifier)
     src = str(tmp_path / "timm.safetensors")
     save_file(official_to_timm_reference(p), src)
-    r = run_tool("timm2paddle", src, tmp_path / "m", "--num-heads", 2, "--act", "gelu_tanh")
-    assert r.returncode == 0, r.stderr
+    assert cli("timm2paddle", src, tmp_path / "m", "--num-heads", 2, "--act", "gelu_tanh") == 0
     x = images()
     model = paddle_model(tmp_path / "m")
     assert np.abs(logits_of(model, x) - nv.forward(p, x)).max() <= 1e-5
-    r = run_tool("paddle2timm", tmp_path / "m", tmp_path / "back.safetensors")
-    assert r.returncode == 0, r.stderr
+    assert cli("paddle2timm", tmp_path / "m", tmp_path / "back.safetensors") == 0
     a, b = load_file(src), load_file(str(tmp_path / "back.safetensors"))
     assert set(a) == set(b) and all(a[k].tobytes() == b[k].tobytes() and a[k].shape == b[k].shape
                                     for k in a)
@@ -503,6 +531,17 @@ def test_load_pretrained_accepts_npz_prefix_and_full_name(tmp_path):
         assert np.abs(logits_of(model, x) - ref).max() <= 1e-5
 
 
+def test_load_pretrained_from_timm_safetensors(tmp_path):
+    from plsc.convert.pretrained import load_pretrained
+    from safetensors.numpy import save_file
+    p, res = _converted(tmp_path, seed=19)
+    save_file(official_to_timm_reference(p), str(tmp_path / "t.safetensors"))
+    model = _model(res["model_config"])
+    load_pretrained(model, str(tmp_path / "t.safetensors"), log=quiet)  # heads from the model
+    x = images()
+    assert np.abs(logits_of(model, x) - nv.forward(p, x)).max() <= 1e-5
+
+
 def test_finetune_drops_head_and_resizes_pos_embed(tmp_path):
     from plsc.convert.pretrained import load_pretrained
     from plsc.models.pos_embed import resize_pos_embed
@@ -566,7 +605,8 @@ def test_without_finetune_mismatches_are_errors_not_silent_skips(tmp_path):
     cfg = dict(res["model_config"], depth=3)
     with pytest.raises(ConfigError) as e:
         load_pretrained(_model(cfg), src, log=quiet)
-    assert str(e.value).startswith(f"{src}: checkpoint lacks 12 model arrays: blocks.2.norm1.weight")
+    assert str(e.value).startswith(
+        f"{src}: checkpoint lacks 12 model arrays: blocks.2.norm1.weight")
     with pytest.raises(ConfigError, match="pos_embed_interp must be one of bilinear, bicubic, "
                                           "got 'nearest'"):
         load_pretrained(_model(res["model_config"]), src, pos_embed_interp="nearest", log=quiet)

@@ -11,7 +11,7 @@ the network). Outputs appear all together or not at all. Bad input: `error: ...`
 """
 import argparse
 
-from .common import run
+from .common import run, use_all_cores
 
 
 def build_parser():
@@ -21,24 +21,28 @@ def build_parser():
     debug = argparse.ArgumentParser(add_help=False)  # accepted before or after the command
     debug.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
                        help="full tracebacks instead of one-line errors")
-    p.add_argument("--debug", action="store_true", help="full tracebacks instead of one-line errors")
+    p.add_argument("--debug", action="store_true",
+                   help="full tracebacks instead of one-line errors")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    c = sub.add_parser("npz2paddle", parents=[debug], help="official ViT / R50+ViT npz -> .pdparams + .yaml")
+    c = sub.add_parser("npz2paddle", parents=[debug],
+                       help="official ViT / R50+ViT npz -> .pdparams + .yaml")
     c.add_argument("src", metavar="SRC.npz")
     c.add_argument("dst", metavar="DST_PREFIX")
     c.add_argument("--check", action="store_true",
                    help="compare the converted model with a float64 numpy forward of the "
                         "source arrays (batch 2, seeded) and print the max difference")
 
-    c = sub.add_parser("paddle2npz", parents=[debug], help=".pdparams -> official (released-layout) npz")
+    c = sub.add_parser("paddle2npz", parents=[debug],
+                       help=".pdparams -> official (released-layout) npz")
     c.add_argument("src", metavar="SRC_PREFIX")
     c.add_argument("dst", metavar="DST.npz")
     c.add_argument("--model-config", default=None, metavar="YAML",
                    help="YAML with the Model section (default: SRC_PREFIX.yaml if it exists); "
                         "needed for num_heads of non-standard widths")
 
-    c = sub.add_parser("timm2paddle", parents=[debug], help="timm vit_* safetensors -> .pdparams + .yaml")
+    c = sub.add_parser("timm2paddle", parents=[debug],
+                       help="timm vit_* safetensors -> .pdparams + .yaml")
     c.add_argument("src", metavar="SRC.safetensors")
     c.add_argument("dst", metavar="DST_PREFIX")
     c.add_argument("--num-heads", type=int, default=None,
@@ -46,7 +50,8 @@ def build_parser():
     c.add_argument("--act", choices=("gelu", "gelu_tanh"), default="gelu",
                    help="activation written to the YAML (timm runs exact 'gelu')")
 
-    c = sub.add_parser("paddle2timm", parents=[debug], help=".pdparams -> timm-named safetensors")
+    c = sub.add_parser("paddle2timm", parents=[debug],
+                       help=".pdparams -> timm-named safetensors")
     c.add_argument("src", metavar="SRC_PREFIX")
     c.add_argument("dst", metavar="DST.safetensors")
     return p
@@ -57,6 +62,8 @@ def main(argv=None):
         args = build_parser().parse_args(argv)
         if args.command == "npz2paddle":
             from ..convert.npz import npz_to_paddle
+            if args.check:
+                use_all_cores()  # the check runs two full forwards; conversion itself is I/O
             npz_to_paddle(args.src, args.dst, check=args.check)
         elif args.command == "paddle2npz":
             from ..convert.npz import paddle_to_npz

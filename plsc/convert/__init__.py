@@ -4,7 +4,7 @@
     paddle_to_npz(src_prefix, dst)                 .pdparams -> released-layout npz
     timm_to_paddle(src, dst_prefix, num_heads=None, act='gelu'), paddle_to_timm(src_prefix, dst)
     load_pretrained(model, path, finetune=False, pos_embed_interp='bilinear', log=print)
-    bench_convert()                                timing / memory of a full-size ViT-B/16 conversion
+    bench_convert()                                time and peak memory, full-size ViT-B/16
 
 Importing this package does not import paddle (the CLI's error paths stay fast); the functions
 that need it import it when called.
@@ -12,7 +12,6 @@ that need it import it when called.
 import os
 import tempfile
 import time
-import tracemalloc
 
 import numpy as np
 
@@ -38,13 +37,30 @@ def random_released_vit(hidden=768, depth=12, heads=12, mlp=3072, patch=16, img=
             for k, s in official_shapes(arch, released=True).items()}
 
 
-def bench_convert(workdir=None, check=False, log=print):
-    """Convert a full-size random ViT-B/16 npz (npz2paddle, then paddle2npz back).
+def _run_measured(code):
+    """(wall seconds, peak RSS MiB) of `python -c code` in a fresh process.
 
-    Returns {'params', 'npz_mb', 'npz2paddle_s', 'npz2paddle_peak_mb', 'paddle2npz_s',
-    'paddle2npz_peak_mb', 'roundtrip_bitwise'}; peaks are Python/numpy allocations traced
-    with tracemalloc (the source dict itself is not counted: it is loaded from disk inside).
+    The peak is the child's own VmHWM (per address space, so not inflated by this process's
+    memory the way a forked child's ru_maxrss is); Linux only."""
+    import subprocess
+    import sys
+    hwm = ("\nprint([l.split()[1] for l in open('/proc/self/status') "
+           "if l.startswith('VmHWM')][0])")
+    t0 = time.perf_counter()
+    r = subprocess.run([sys.executable, "-c", code + hwm], capture_output=True, text=True)
+    if r.returncode:
+        raise RuntimeError(f"benchmark step failed ({r.returncode}): {r.stderr[-500:]}")
+    return time.perf_counter() - t0, int(r.stdout.split()[-1]) / 1024  # kB -> MiB
+
+
+def bench_convert(workdir=None, log=print):
+    """Convert a full-size random ViT-B/16 npz with npz2paddle, then back with paddle2npz.
+
+    Measures each direction twice: in this process (conversion only, paddle already imported)
+    and as the CLI in a fresh process (wall time incl. the paddle import, peak RSS), next to
+    the peak RSS of a process that only imports paddle + plsc.models. Returns a dict.
     """
+    import paddle  # noqa: F401  (warm import: in-process timings exclude it)
     own = workdir is None
     tmp = tempfile.TemporaryDirectory() if own else None
     workdir = tmp.name if own else workdir
@@ -54,23 +70,26 @@ def bench_convert(workdir=None, check=False, log=print):
         np.savez(src, **params)
         n = sum(a.size for a in params.values())
         del params
-        out = {"params": int(n), "npz_mb": os.path.getsize(src) / 2 ** 20}
+        dst, back = os.path.join(workdir, "b16"), os.path.join(workdir, "back.npz")
         quiet = (lambda *a, **k: None)
-        for name, fn in (("npz2paddle", lambda: npz_to_paddle(src, os.path.join(workdir, "b16"),
-                                                               check=check, log=log if check else quiet)),
-                         ("paddle2npz", lambda: paddle_to_npz(os.path.join(workdir, "b16"),
-                                                               os.path.join(workdir, "back.npz"),
-                                                               log=quiet))):
-            tracemalloc.start()
-            t0 = time.perf_counter()
-            fn()
-            out[f"{name}_s"] = time.perf_counter() - t0
-            out[f"{name}_peak_mb"] = tracemalloc.get_traced_memory()[1] / 2 ** 20
-            tracemalloc.stop()
-        with np.load(src) as a, np.load(os.path.join(workdir, "back.npz")) as b:
+        out = {"params": int(n), "npz_mb": os.path.getsize(src) / 2 ** 20}
+        t0 = time.perf_counter()
+        npz_to_paddle(src, dst, log=quiet)
+        out["npz2paddle_s"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        paddle_to_npz(dst, back, log=quiet)
+        out["paddle2npz_s"] = time.perf_counter() - t0
+        root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+        boot = f"import sys; sys.path.insert(0, {root!r}); "
+        _, out["baseline_rss_mb"] = _run_measured(boot + "import paddle, plsc.models")
+        out["cli_npz2paddle_s"], out["cli_npz2paddle_rss_mb"] = _run_measured(
+            boot + f"from plsc.cli.convert import main; main(['npz2paddle', {src!r}, {dst!r}])")
+        out["cli_paddle2npz_s"], out["cli_paddle2npz_rss_mb"] = _run_measured(
+            boot + f"from plsc.cli.convert import main; main(['paddle2npz', {dst!r}, {back!r}])")
+        with np.load(src) as a, np.load(back) as b:
             out["roundtrip_bitwise"] = set(a.files) == set(b.files) and all(
                 a[k].tobytes() == b[k].tobytes() for k in a.files)
-        log("bench_convert: " + ", ".join(
+        log("bench_convert (ViT-B/16, random weights): " + ", ".join(
             f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in out.items()))
         return out
     finally:

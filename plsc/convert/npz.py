@@ -24,9 +24,10 @@ only convolutions are transposed (HWIO -> OIHW) and attention tensors reshaped:
   R50 hybrid stem (S stages, U units each; official indices are 1-based, ours 0-based):
     conv_root/kernel (7,7,C,W)                 patch_embed.backbone.root.conv.weight (W,C,7,7)
     gn_root/{scale,bias} (W,) or (1,1,1,W)     patch_embed.backbone.root.gn.{weight,bias} (W,)
-    block{s}/unit{u}/conv{1,2,3}/kernel        patch_embed.backbone.stages.{s-1}.units.{u-1}.conv{1,2,3}.weight
-    block{s}/unit{u}/gn{1,2,3}/{scale,bias}    ....gn{1,2,3}.{weight,bias}
-    block{s}/unit1/conv_proj/kernel, gn_proj   ....units.0.conv_proj.weight, .gn_proj.{weight,bias}
+    block{s}/unit{u}/conv{1,2,3}/kernel        patch_embed.backbone.stages.{s-1}.units.{u-1}
+                                                 .conv{1,2,3}.weight
+    block{s}/unit{u}/gn{1,2,3}/{scale,bias}    ...units.{u-1}.gn{1,2,3}.{weight,bias}
+    block{s}/unit1/conv_proj/kernel, gn_proj   ...units.0.conv_proj.weight, .gn_proj.{weight,bias}
 
 Accepted on import: pre-Linen block names (as released) and Linen names (MultiHeadDotProduct-
 Attention_0, LayerNorm_1, MlpBlock_0; LayerNorm_0 is norm1 in both); prefixes `params/`,
@@ -150,7 +151,8 @@ def canonicalize(raw, source):
         params = renamed
     # Old Flax GroupNorm params are (1,1,1,C).
     for key, a in params.items():
-        if re.search(r"(^|/)gn_?\w*/(scale|bias)$", key) and a.ndim == 4 and a.shape[:3] == (1, 1, 1):
+        is_gn = re.search(r"(^|/)gn_?\w*/(scale|bias)$", key)
+        if is_gn and a.ndim == 4 and a.shape[:3] == (1, 1, 1):
             params[key] = a.reshape(-1)
     return params, notes
 
@@ -329,7 +331,8 @@ def official_to_ours(params, arch):
         s["pos_embed"] = p["Transformer/posembed_input/pos_embedding"]
     for i in range(arch.depth):
         o, t = f"Transformer/encoderblock_{i}/", f"blocks.{i}."
-        s[t + "norm1.weight"], s[t + "norm1.bias"] = p[o + "LayerNorm_0/scale"], p[o + "LayerNorm_0/bias"]
+        s[t + "norm1.weight"] = p[o + "LayerNorm_0/scale"]
+        s[t + "norm1.bias"] = p[o + "LayerNorm_0/bias"]
         a = o + ATT + "/"
         s[t + "attn.qkv.weight"] = np.concatenate(
             [p[a + n + "/kernel"].reshape(d, d) for n in ("query", "key", "value")], axis=1)
@@ -341,7 +344,8 @@ def official_to_ours(params, arch):
         for j in (0, 1):
             s[t + f"mlp.fc{j + 1}.weight"] = p[o + f"{MLP}/Dense_{j}/kernel"]
             s[t + f"mlp.fc{j + 1}.bias"] = p[o + f"{MLP}/Dense_{j}/bias"]
-    s["norm.weight"], s["norm.bias"] = p["Transformer/encoder_norm/scale"], p["Transformer/encoder_norm/bias"]
+    s["norm.weight"] = p["Transformer/encoder_norm/scale"]
+    s["norm.bias"] = p["Transformer/encoder_norm/bias"]
     if arch.representation_size:
         s["head0.weight"], s["head0.bias"] = p["pre_logits/kernel"], p["pre_logits/bias"]
     s["head.weight"], s["head.bias"] = p["head/kernel"], p["head/bias"]
@@ -350,10 +354,9 @@ def official_to_ours(params, arch):
 
 def ours_to_official(state, arch):
     """The released npz layout from one of our state dicts (float32, pre-Linen names)."""
-    s, d, h = state, arch.embed_dim, arch.num_heads
+    d, h = arch.embed_dim, arch.num_heads
     dh = d // h
-    f32 = {k: np.asarray(v, dtype=np.float32) for k, v in s.items()}
-    s = f32
+    s = {k: np.asarray(v, dtype=np.float32) for k, v in state.items()}  # PLSC O2 files are fp16
     p = {}
     if arch.resnet_layers is not None:
         for off, our, kind in _stem_pairs(arch):
@@ -369,7 +372,8 @@ def ours_to_official(state, arch):
     p["Transformer/posembed_input/pos_embedding"] = s["pos_embed"]
     for i in range(arch.depth):
         o, t = f"Transformer/encoderblock_{i}/", f"blocks.{i}."
-        p[o + "LayerNorm_0/scale"], p[o + "LayerNorm_0/bias"] = s[t + "norm1.weight"], s[t + "norm1.bias"]
+        p[o + "LayerNorm_0/scale"] = s[t + "norm1.weight"]
+        p[o + "LayerNorm_0/bias"] = s[t + "norm1.bias"]
         a = o + ATT + "/"
         qkv_w = s[t + "attn.qkv.weight"].reshape(d, 3, h, dh)
         qkv_b = s[t + "attn.qkv.bias"].reshape(3, h, dh)
@@ -382,7 +386,8 @@ def ours_to_official(state, arch):
         for j in (0, 1):
             p[o + f"{MLP}/Dense_{j}/kernel"] = s[t + f"mlp.fc{j + 1}.weight"]
             p[o + f"{MLP}/Dense_{j}/bias"] = s[t + f"mlp.fc{j + 1}.bias"]
-    p["Transformer/encoder_norm/scale"], p["Transformer/encoder_norm/bias"] = s["norm.weight"], s["norm.bias"]
+    p["Transformer/encoder_norm/scale"] = s["norm.weight"]
+    p["Transformer/encoder_norm/bias"] = s["norm.bias"]
     if arch.representation_size:
         p["pre_logits/kernel"], p["pre_logits/bias"] = s["head0.weight"], s["head0.bias"]
     p["head/kernel"], p["head/bias"] = s["head.weight"], s["head.bias"]
@@ -391,7 +396,8 @@ def ours_to_official(state, arch):
 
 # ----------------------------------------------------------------------------- entry points
 def load_npz_as_state(path):
-    """(our state dict, Arch, canonical official params, notes) of an official npz file."""
+    """(our state dict, Arch, canonical official params) of an official npz file; the
+    format notes (prefix, Linen names, bf16, ...) are in arch.extra['notes']."""
     raw = read_npz(path)
     params, notes = canonicalize(raw, path)
     arch = infer_arch(params, path)

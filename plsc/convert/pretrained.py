@@ -24,7 +24,7 @@ def read_checkpoint(path):
         return load_npz_as_state(path)[0]
     if path.endswith(".safetensors"):
         from .timm import load_timm_as_state
-        return load_timm_as_state(path)[0]
+        return load_timm_as_state(path, num_heads=1)[0]  # the fused layout ignores heads
     return load_pdparams(pdparams_path(path))
 
 
@@ -104,7 +104,8 @@ def load_pretrained(model, path, finetune=False, pos_embed_interp="bilinear", lo
                 head0_changed = True
             if ck:
                 why = ("the model has no such layer" if not mk else
-                       "shape differs from the model" if differs else "its input layer head0 changed")
+                       "shape differs from the model" if differs else
+                       "its input layer head0 changed")
                 detail = ", ".join(f"{k} {_shape(state[k])}" for k in ck)
                 log(f"pretrained: dropped {detail} ({why}; fine-tuning keeps the model's init)")
                 report["dropped"] += ck
@@ -140,10 +141,10 @@ def load_pretrained(model, path, finetune=False, pos_embed_interp="bilinear", lo
     else:
         bad = [k for k in state if k in model_shapes and _shape(state[k]) != model_shapes[k]]
         if bad and all(k == "pos_embed" or k.split(".")[0] in HEAD_LAYERS for k in bad):
-            raise ConfigError(
-                f"{path}: shape mismatch: "
-                f"{name_list([_fmt_mismatch(k, _shape(state[k]), model_shapes[k]) for k in bad], 8)}"
-                f"; set Global.finetune=True to drop the head and resize pos_embed")
+            listed = name_list([_fmt_mismatch(k, _shape(state[k]), model_shapes[k])
+                                for k in bad], 8)
+            raise ConfigError(f"{path}: shape mismatch: {listed}; set Global.finetune=True to "
+                              f"drop the head and resize pos_embed")
 
     if report["kept_init"]:
         current = model.state_dict()

@@ -20,7 +20,8 @@ def _f64(params, key):
 def _ln(x, params, pre, eps=1e-6):
     mu = x.mean(-1, keepdims=True)
     var = np.square(x - mu).mean(-1, keepdims=True)
-    return (x - mu) / np.sqrt(var + eps) * _f64(params, pre + "/scale") + _f64(params, pre + "/bias")
+    scale, bias = _f64(params, pre + "/scale"), _f64(params, pre + "/bias")
+    return (x - mu) / np.sqrt(var + eps) * scale + bias
 
 
 def _same(n, k, s):
@@ -66,7 +67,8 @@ def _stem(x, params, layers):
                           pre + "gn_proj")
             else:
                 res = x
-            y = np.maximum(_gn(_std_conv(x, params, pre + "conv1/kernel", 1), params, pre + "gn1"), 0)
+            y = np.maximum(_gn(_std_conv(x, params, pre + "conv1/kernel", 1), params,
+                               pre + "gn1"), 0)
             y = np.maximum(_gn(_std_conv(y, params, pre + "conv2/kernel", stride), params,
                                pre + "gn2"), 0)
             y = _gn(_std_conv(y, params, pre + "conv3/kernel", 1), params, pre + "gn3")
@@ -96,20 +98,20 @@ def official_forward(params, arch, images):
         b = f"Transformer/encoderblock_{i}/"
         a = b + "MultiHeadDotProductAttention_1/"
         y = _ln(x, params, b + "LayerNorm_0")
-        q, kk, v = (np.einsum("ntd,dhe->nhte", y, _f64(params, a + m + "/kernel"))
+        q, kk, v = (np.einsum("ntd,dhe->nhte", y, _f64(params, a + m + "/kernel"), optimize=True)
                     + _f64(params, a + m + "/bias")[None, :, None, :]
                     for m in ("query", "key", "value"))
-        att = np.einsum("nhqe,nhke->nhqk", q, kk) / math.sqrt(q.shape[-1])
+        att = np.einsum("nhqe,nhke->nhqk", q, kk, optimize=True) / math.sqrt(q.shape[-1])
         att = np.exp(att - att.max(-1, keepdims=True))
         att /= att.sum(-1, keepdims=True)
-        o = np.einsum("nhqk,nhke->nhqe", att, v)
-        x = x + np.einsum("nhqe,hed->nqd", o, _f64(params, a + "out/kernel")) \
+        o = np.einsum("nhqk,nhke->nhqe", att, v, optimize=True)
+        x = x + np.einsum("nhqe,hed->nqd", o, _f64(params, a + "out/kernel"), optimize=True) \
             + _f64(params, a + "out/bias")
         y = _ln(x, params, b + "LayerNorm_2")
-        y = y @ _f64(params, b + "MlpBlock_3/Dense_0/kernel") + _f64(params, b + "MlpBlock_3/Dense_0/bias")
+        mlp = b + "MlpBlock_3/"
+        y = y @ _f64(params, mlp + "Dense_0/kernel") + _f64(params, mlp + "Dense_0/bias")
         y = 0.5 * y * (1 + np.tanh(math.sqrt(2 / math.pi) * (y + 0.044715 * y ** 3)))
-        x = x + y @ _f64(params, b + "MlpBlock_3/Dense_1/kernel") \
-            + _f64(params, b + "MlpBlock_3/Dense_1/bias")
+        x = x + y @ _f64(params, mlp + "Dense_1/kernel") + _f64(params, mlp + "Dense_1/bias")
     tokens = _ln(x, params, "Transformer/encoder_norm")
     feats = tokens[:, 0] if arch.global_pool == "token" else tokens.mean(1)
     if arch.representation_size:

@@ -8,7 +8,7 @@ timm and plsc use the same module names; the differences are
   * conv weights are OIHW in both: no change.
 
 Pooling: our 'gap' model is the official one (final LayerNorm on every token, then the mean).
-In timm that is `class_token=False, global_pool='avg', fc_norm=False` (e.g. vit_base_patch16_gap_224):
+In timm that is `class_token=False, global_pool='avg', fc_norm=False` (vit_base_patch16_gap_224):
 `norm.*` present, no `fc_norm.*`, pos_embed without a class row. timm's default avg-pool
 variant (`fc_norm=True`: mean first, LayerNorm after) computes a different function and is
 refused with a clear message.

@@ -169,7 +169,7 @@ def build_dataloader(section_cfg, mode, rank=0, world_size=1, seed=0, class_num=
 
     num_workers = int(loader_cfg["num_workers"])
     loader = paddle.io.DataLoader(
-        dataset, batch_sampler=sampler, num_workers=num_workers,
+        GuardedDataset(dataset), batch_sampler=sampler, num_workers=num_workers,
         use_shared_memory=bool(loader_cfg["use_shared_memory"]), collate_fn=_guarded_collate,
         return_list=True, worker_init_fn=_worker_init if num_workers > 0 else None)
     return DataPipeline(loader=loader, sampler=sampler, dataset=dataset, batch_transform=batch_transform)

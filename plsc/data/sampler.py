@@ -18,9 +18,6 @@ import numpy as np
 from ..errors import ConfigError
 from ..registry import SAMPLERS
 
-_M64 = np.uint64(0xFFFFFFFFFFFFFFFF)
-
-
 def _splitmix64(x):
     """SplitMix64 finalizer on a uint64 array: a cheap, well-mixed hash (wraps mod 2**64)."""
     x = np.asarray(x, dtype=np.uint64)
@@ -33,7 +30,7 @@ def _splitmix64(x):
 
 def sample_seeds(seed, epoch, indices):
     """Per-sample seeds (Python ints < 2**63) from (seed, epoch, index), vectorized."""
-    base = _splitmix64(_splitmix64(np.array([seed], np.uint64) & _M64) ^ np.uint64(epoch))
+    base = _splitmix64(_splitmix64(np.array([seed], np.uint64)) ^ np.uint64(epoch))
     mixed = _splitmix64(base ^ np.asarray(indices, dtype=np.uint64))
     return (mixed >> np.uint64(1)).tolist()
 

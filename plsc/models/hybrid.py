@@ -18,7 +18,8 @@ Architecture, as in the official JAX code (models_resnet.py + models_vit.py):
 
 State-dict names (official -> ours mapping is documented in plsc/convert/npz.py):
   patch_embed.backbone.root.{conv.weight, gn.weight, gn.bias}
-  patch_embed.backbone.stages.{s}.units.{u}.{conv1,conv2,conv3,conv_proj}.weight, .{gn1,gn2,gn3,gn_proj}.{weight,bias}
+  patch_embed.backbone.stages.{s}.units.{u}.{conv1,conv2,conv3,conv_proj}.weight
+  patch_embed.backbone.stages.{s}.units.{u}.{gn1,gn2,gn3,gn_proj}.{weight,bias}
   patch_embed.proj.{weight,bias}, then the usual ViT names.
 """
 import inspect

@@ -4,19 +4,17 @@ Every parameter is created with its final initializer (no re-initialisation pass
 ViT-H/14 costs one random fill per tensor. Initialisers follow the original JAX/Flax ViT:
 Dense kernels xavier-uniform, MLP biases N(0, 1e-6), other biases 0, patch conv LeCun normal.
 
-Speed notes (measured on CPU, ViT-Ti/16 training; details in the task report):
-- the attention path uses one reshape+transpose of the fused qkv output and a single batched
-  matmul pair; the scale multiplies the [B, H, N, N] scores (contiguous) rather than q (a
-  strided view, which Paddle copies slowly);
-- `Linear` computes its CPU fp32 backward itself, taking the bias gradient as ones @ dY (a GEMM)
-  instead of Paddle's column reduction, which was ~6% of a training step.
+Speed notes (CPU, ViT-Ti/16 training): the math attention path uses one reshape+transpose of
+the fused qkv output and one batched matmul pair; the scale multiplies the contiguous scores
+rather than q, a strided view that Paddle's stride kernels would copy slowly. The process-level
+settings matter far more than the formulation here (MKL CPU dispatch, malloc, stride kernels):
+see the model task report.
 """
 import math
 
 import paddle
 import paddle.nn as nn
 import paddle.nn.functional as F
-from paddle.autograd import PyLayer
 from paddle.nn import initializer as init
 
 from ..errors import ConfigError
@@ -47,53 +45,6 @@ def lecun_normal(fan_in):
     requested variance after truncation (Paddle's TruncatedNormal bounds are absolute)."""
     std = math.sqrt(1.0 / fan_in) / 0.87962566103423978
     return paddle.ParamAttr(initializer=init.TruncatedNormal(0.0, std, -2.0 * std, 2.0 * std))
-
-
-# ---------------------------------------------------------------- Linear with a fast CPU backward
-
-class _LinearCPU(PyLayer):
-    """y = x @ W + b with a hand-written backward.
-
-    Paddle's CPU bias gradient is a slow column reduction; ones[1, M] @ dY gives the same sum
-    through the GEMM. dX and dW are the same matmuls Paddle's own backward runs."""
-
-    @staticmethod
-    def forward(ctx, x, weight, bias=None):
-        ctx.save_for_backward(x, weight)
-        ctx.needs = (not x.stop_gradient, not weight.stop_gradient,
-                     bias is not None and not bias.stop_gradient)
-        ctx.has_bias = bias is not None
-        y = paddle.matmul(x, weight)
-        return y + bias if bias is not None else y
-
-    @staticmethod
-    def backward(ctx, grad):
-        x, weight = ctx.saved_tensor()
-        need_x, need_w, need_b = ctx.needs
-        g2 = grad.reshape([-1, grad.shape[-1]])
-        dx = paddle.matmul(grad, weight, transpose_y=True) if need_x else None
-        dw = paddle.matmul(x.reshape([-1, x.shape[-1]]), g2, transpose_x=True) if need_w else None
-        if not ctx.has_bias:
-            return dx, dw
-        db = None
-        if need_b:
-            ones = paddle.ones([1, g2.shape[0]], dtype=g2.dtype)
-            db = paddle.matmul(ones, g2).reshape([-1])
-        return dx, dw, db
-
-
-class Linear(nn.Linear):
-    """nn.Linear (weight [in, out]) whose CPU fp32 training path uses `_LinearCPU`.
-
-    GPU, AMP (non-fp32), static graphs (export) and no-grad inference use F.linear unchanged."""
-
-    def forward(self, x):
-        if (paddle.in_dynamic_mode() and paddle.is_grad_enabled()
-                and x.dtype == paddle.float32 and x.place.is_cpu_place()):
-            if self.bias is None:
-                return _LinearCPU.apply(x, self.weight)
-            return _LinearCPU.apply(x, self.weight, self.bias)
-        return F.linear(x, self.weight, self.bias)
 
 
 # ---------------------------------------------------------------- regularisers
@@ -172,10 +123,10 @@ class Attention(nn.Layer):
         # uniform with limit sqrt(6 / (D + D)) = sqrt(3 / D). Xavier on the fused [D, 3D]
         # matrix would use sqrt(6 / 4D), i.e. a smaller scale; a plain uniform with the
         # per-matrix limit reproduces the original distribution in one fill.
-        self.qkv = Linear(dim, 3 * dim, weight_attr=uniform(math.sqrt(3.0 / dim)),
+        self.qkv = nn.Linear(dim, 3 * dim, weight_attr=uniform(math.sqrt(3.0 / dim)),
                           bias_attr=constant(0.0) if qkv_bias else False)
         self.attn_drop = dropout(attn_drop)
-        self.proj = Linear(dim, dim, weight_attr=xavier_uniform(), bias_attr=constant(0.0))
+        self.proj = nn.Linear(dim, dim, weight_attr=xavier_uniform(), bias_attr=constant(0.0))
         self.proj_drop = dropout(proj_drop)
 
     def forward(self, x, return_attn=False):
@@ -209,9 +160,9 @@ class Mlp(nn.Layer):
     def __init__(self, dim, hidden, act="gelu", drop=0.0):
         super().__init__()
         self.approximate = act == "gelu_tanh"  # erf GELU vs the tanh form jax.nn.gelu uses
-        self.fc1 = Linear(dim, hidden, weight_attr=xavier_uniform(), bias_attr=normal(1e-6))
+        self.fc1 = nn.Linear(dim, hidden, weight_attr=xavier_uniform(), bias_attr=normal(1e-6))
         self.drop1 = dropout(drop)
-        self.fc2 = Linear(hidden, dim, weight_attr=xavier_uniform(), bias_attr=normal(1e-6))
+        self.fc2 = nn.Linear(hidden, dim, weight_attr=xavier_uniform(), bias_attr=normal(1e-6))
         self.drop2 = dropout(drop)
 
     def forward(self, x):
@@ -241,5 +192,5 @@ class Block(nn.Layer):
         return (x, probs) if return_attn else x
 
 
-__all__ = ["Linear", "DropPath", "drop_path", "PatchEmbed", "Attention", "Mlp", "Block",
+__all__ = ["DropPath", "drop_path", "PatchEmbed", "Attention", "Mlp", "Block",
            "xavier_uniform", "uniform", "normal", "constant", "lecun_normal"]

@@ -17,7 +17,7 @@ import paddle.nn as nn
 
 from ..errors import ConfigError
 from ..registry import MODELS
-from .layers import Block, Linear, PatchEmbed, constant, normal, xavier_uniform
+from .layers import Block, PatchEmbed, constant, normal, xavier_uniform
 
 GLOBAL_POOLS = ("token", "gap")
 ACTS = ("gelu", "gelu_tanh")
@@ -123,14 +123,14 @@ class VisionTransformer(nn.Layer):
         ])
         self.norm = nn.LayerNorm(embed_dim, epsilon=epsilon)
         if representation_size:
-            self.head0 = Linear(embed_dim, representation_size, weight_attr=xavier_uniform(),
-                                bias_attr=constant(0.0))
+            self.head0 = nn.Linear(embed_dim, representation_size,
+                                   weight_attr=xavier_uniform(), bias_attr=constant(0.0))
         else:
             self.head0 = None
         # Zero head (and a constant bias, e.g. -10 for sigmoid training) as in the original.
         if class_num > 0:
-            self.head = Linear(self.num_features, class_num, weight_attr=constant(0.0),
-                               bias_attr=constant(float(head_bias)))
+            self.head = nn.Linear(self.num_features, class_num, weight_attr=constant(0.0),
+                                  bias_attr=constant(float(head_bias)))
         else:
             self.head = nn.Identity()
 
