@@ -11,7 +11,7 @@ the network). Outputs appear all together or not at all. Bad input: `error: ...`
 """
 import argparse
 
-from .common import run, use_all_cores
+from .common import run
 
 
 def build_parser():
@@ -62,8 +62,6 @@ def main(argv=None):
         args = build_parser().parse_args(argv)
         if args.command == "npz2paddle":
             from ..convert.npz import npz_to_paddle
-            if args.check:
-                use_all_cores()  # the check runs two full forwards; conversion itself is I/O
             npz_to_paddle(args.src, args.dst, check=args.check)
         elif args.command == "paddle2npz":
             from ..convert.npz import paddle_to_npz
