@@ -123,7 +123,7 @@ class Attention(nn.Layer):
         # matrix would use sqrt(6 / 4D), i.e. a smaller scale; a plain uniform with the
         # per-matrix limit reproduces the original distribution in one fill.
         self.qkv = nn.Linear(dim, 3 * dim, weight_attr=uniform(math.sqrt(3.0 / dim)),
-                          bias_attr=constant(0.0) if qkv_bias else False)
+                             bias_attr=constant(0.0) if qkv_bias else False)
         self.attn_drop = dropout(attn_drop)
         self.proj = nn.Linear(dim, dim, weight_attr=xavier_uniform(), bias_attr=constant(0.0))
         self.proj_drop = dropout(proj_drop)
@@ -177,13 +177,13 @@ class Block(nn.Layer):
     """Pre-norm transformer encoder block."""
 
     def __init__(self, dim, num_heads, mlp_ratio=4.0, qkv_bias=True, drop=0.0, attn_drop=0.0,
-                 drop_path=0.0, epsilon=1e-6, act="gelu", attn_impl="math"):
+                 drop_path_rate=0.0, epsilon=1e-6, act="gelu", attn_impl="math"):
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, epsilon=epsilon)
         self.attn = Attention(dim, num_heads, qkv_bias, attn_drop, drop, attn_impl)
         self.norm2 = nn.LayerNorm(dim, epsilon=epsilon)
         self.mlp = Mlp(dim, int(dim * mlp_ratio), act, drop)
-        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        self.drop_path = DropPath(drop_path_rate) if drop_path_rate > 0 else nn.Identity()
 
     def forward(self, x, return_attn=False):
         if return_attn:
