@@ -195,6 +195,7 @@ def test_dropouts_inactive_in_eval_and_active_in_train():
 
 
 @pytest.mark.parametrize("kwargs", [dict(drop_rate=0.5), dict(attn_drop_rate=0.5),
+                                    dict(attn_drop_rate=0.5, attn_impl="sdpa"),
                                     dict(drop_path_rate=0.5)])
 def test_each_regulariser_is_active_in_train(kwargs):
     model = small_vit(**kwargs)

@@ -17,7 +17,7 @@ import paddle.nn as nn
 
 from ..errors import ConfigError
 from ..registry import MODELS
-from .layers import Block, PatchEmbed, constant, normal, xavier_uniform
+from .layers import Block, PatchEmbed, constant, dropout, normal, xavier_uniform
 
 GLOBAL_POOLS = ("token", "gap")
 ACTS = ("gelu", "gelu_tanh")
@@ -85,8 +85,9 @@ class VisionTransformer(nn.Layer):
         for arg, value in (("drop_rate", drop_rate), ("attn_drop_rate", attn_drop_rate),
                            ("drop_path_rate", drop_path_rate)):
             _check_rate(arg, value)
-        if not mlp_ratio > 0:
-            _fail(f"mlp_ratio must be > 0; got {mlp_ratio!r}")
+        if isinstance(mlp_ratio, bool) or not isinstance(mlp_ratio, (int, float)) \
+                or not mlp_ratio > 0:
+            _fail(f"mlp_ratio must be a number > 0; got {mlp_ratio!r}")
         if embed_dim % num_heads:
             _fail(f"embed_dim {embed_dim} is not divisible by num_heads {num_heads}")
         if img_size % patch_size:
@@ -112,7 +113,7 @@ class VisionTransformer(nn.Layer):
             if self.num_prefix_tokens else None
         )
         self.pos_embed = self.create_parameter([1, num_tokens, embed_dim], attr=normal(0.02))
-        self.pos_drop = nn.Dropout(drop_rate) if drop_rate > 0 else nn.Identity()
+        self.pos_drop = dropout(drop_rate)
 
         # Stochastic depth grows linearly from 0 (first block) to drop_path_rate (last block).
         rates = np.linspace(0.0, drop_path_rate, depth).tolist()
