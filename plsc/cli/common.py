@@ -10,11 +10,13 @@ import os
 import sys
 
 from ..config import dump_config, get_config
+from ..cpu import tune_cpu
 from ..errors import ConfigError, PlscError
 
 # `import paddle` sets OMP_NUM_THREADS=1 when it is unset, so remember the user's own setting
 # now (tools import this module before paddle).
 _USER_OMP_THREADS = os.environ.get("OMP_NUM_THREADS")
+tune_cpu()  # before any tool runs a matmul
 
 
 def build_parser(description, config_required=True):

@@ -19,6 +19,7 @@ import numpy as np
 import paddle
 
 from .. import config as config_lib
+from ..cpu import tune_cpu
 from ..data import build_dataloader
 from ..errors import ConfigError, TrainingError
 from ..loss import build_loss
@@ -64,6 +65,7 @@ class Engine:
         if mode not in ("train", "eval"):
             raise ValueError(mode)
         self.cfg, self.mode = cfg, mode
+        tune_cpu()
         g = cfg.Global
         self.world = distributed.init()
         self.out_dir = os.path.join(g.output_dir, cfg.Model.name)
