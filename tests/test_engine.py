@@ -238,3 +238,16 @@ def test_batch_larger_than_dataset_is_one_clear_error(tmp_path, data_root):
                    "device(s); accum_steps=1 needs at least that many: lower the batch size or "
                    "accum_steps"]
     assert "Traceback" not in r.stderr
+
+
+def test_fp16_o2_config_on_cpu_warns_once_and_trains_in_fp32(tmp_path, data_root, caplog):
+    fp16 = tiny_config(tmp_path / "fp16", data_root, **{"Global.max_train_step": 2,
+                                                        "FP16.level": "O2"})
+    fp32 = tiny_config(tmp_path / "fp32", data_root, **{"Global.max_train_step": 2})
+    e = train(fp16)
+    log = open(tmp_path / "fp16/out/VisionTransformer/train.log").read()
+    assert log.count("AMP is off") == 1 and "FP16.level=O2 needs a GPU build" in log
+    assert not e.amp.enabled and e.amp.scaler is None
+    train(fp32)
+    assert max_diff(params(tmp_path / "fp16/out"), params(tmp_path / "fp32/out")) == 0.0
+    assert all(np.asarray(v).dtype == np.float32 for v in params(tmp_path / "fp16/out").values())

@@ -294,3 +294,16 @@ def test_config_errors_are_one_line(cfg, message):
     with pytest.raises(ConfigError) as e:
         build_optimizer(cfg, sched, make_model())
     assert message in str(e.value) and "\n" not in str(e.value)
+
+
+def test_default_exemption_covers_the_hybrid_group_norms():
+    from plsc.models.hybrid import ViTHybrid
+
+    model = ViTHybrid(resnet_layers=(1, 1, 1), resnet_width=32, img_size=32, patch_size=16,
+                      embed_dim=32, depth=1, num_heads=2, class_num=3)
+    decay, no_decay = split_decay(model)
+    no_decay = {n for n, _ in no_decay}
+    gn = {n for n, _ in model.named_parameters() if ".gn" in n}
+    assert gn and gn <= no_decay
+    assert all(".conv" not in n or n.endswith("bias") for n in no_decay)
+    assert "patch_embed.backbone.root.conv.weight" in {n for n, _ in decay}

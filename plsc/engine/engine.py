@@ -97,6 +97,9 @@ class Engine:
                             pos_embed_interp=g.pos_embed_interp, log=log.info)
         if cfg.DistributedStrategy.recompute:
             self.model.grad_checkpointing = True
+        if cfg.DistributedStrategy.get("sharding"):
+            log.warning("DistributedStrategy.sharding is not implemented yet: training with plain "
+                        "data parallelism (optimizer state replicated on every device)")
 
         loaders = cfg.get("DataLoader") or {}
         losses, metrics = cfg.get("Loss") or {}, cfg.get("Metric") or {}
@@ -214,7 +217,7 @@ class Engine:
         sums = {}
         count = 0
         tic = time.time()
-        for images, labels in self.eval_data.loader:
+        for images, labels in self.eval_data:  # DataPipeline: re-raises worker errors
             with self.amp.autocast():
                 logits = self.model(images)
             logits = logits.astype("float32")
@@ -327,7 +330,7 @@ class Engine:
         step_loss = 0.0
         tic = time.time()
         micro = self.micro_in_epoch
-        for images, labels in data.loader:
+        for images, labels in data:  # DataPipeline: re-raises worker errors
             if micro >= n_micro:
                 break
             meters["reader_cost"].update(time.time() - tic)

@@ -5,8 +5,9 @@ Weight-decay exemption: `no_weight_decay_name` is a space-separated list of regu
 a parameter whose structured name (`model.named_parameters()`, e.g. `blocks.0.attn.qkv.bias`)
 matches any of them (`re.search`) gets no weight decay. Nothing else is exempted automatically
 (not even 1-D parameters): the patterns are the whole rule, so users control it. The default
-`bias norm pos_embed cls_token` exempts, for a ViT, every bias, every LayerNorm parameter
-(`blocks.N.norm1/norm2`, `norm`), `pos_embed` and `cls_token`, and nothing else.
+`bias norm gn pos_embed cls_token` exempts, for a ViT, every bias, every LayerNorm parameter
+(`blocks.N.norm1/norm2`, `norm`), `pos_embed` and `cls_token`, and nothing else; `gn` covers the
+R50 hybrid's GroupNorms (`...units.0.gn1.weight`).
 `no_weight_decay_name: null` (or "") decays every parameter.
 
 All trainable parameters go to the paddle optimizer as ONE list (the exemption is applied per
@@ -26,7 +27,7 @@ from ..registry import OPTIMIZERS
 from .clip import build_grad_clip
 from .lr import check_number, config_signature
 
-DEFAULT_NO_WEIGHT_DECAY_NAME = "bias norm pos_embed cls_token"
+DEFAULT_NO_WEIGHT_DECAY_NAME = "bias norm gn pos_embed cls_token"
 RUNTIME_ARGS = ("model", "learning_rate", "multi_precision")
 
 
