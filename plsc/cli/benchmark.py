@@ -175,7 +175,22 @@ def bench_inference(args):
         print("  bf16: not supported on this CPU (needs AVX512-BF16 or AMX)")
 
 
-SECTIONS = {"train": bench_train, "inference": bench_inference}
+def bench_convert(args):
+    from ..convert import bench_convert as run_bench
+
+    r = run_bench(log=lambda *a: None)
+    print(f"convert ViT-B/16 ({r['params']:,} params, {r['npz_mb']:.0f} MB npz, random weights):")
+    print(f"  npz2paddle : {r['npz2paddle_s']:.2f} s in-process, {r['cli_npz2paddle_s']:.2f} s as CLI,"
+          f" peak RSS {r['cli_npz2paddle_rss_mb']:.0f} MB")
+    print(f"  paddle2npz : {r['paddle2npz_s']:.2f} s in-process, {r['cli_paddle2npz_s']:.2f} s as CLI,"
+          f" peak RSS {r['cli_paddle2npz_rss_mb']:.0f} MB")
+    print(f"  baseline   : {r['baseline_rss_mb']:.0f} MB peak RSS for `import paddle, plsc.models`;"
+          f" conversion adds {r['cli_npz2paddle_rss_mb'] - r['baseline_rss_mb']:.0f} MB"
+          f" ({(r['cli_npz2paddle_rss_mb'] - r['baseline_rss_mb']) / r['npz_mb']:.2f}x the file)")
+    print(f"  round trip npz -> paddle -> npz bitwise identical: {r['roundtrip_bitwise']}")
+
+
+SECTIONS = {"train": bench_train, "inference": bench_inference, "convert": bench_convert}
 
 
 def main(argv=None):
@@ -200,6 +215,9 @@ def main(argv=None):
         i.add_argument("--repeats", type=int, default=3)
         i.add_argument("--device", default=None, help="cpu (default) or gpu:N")
         i.add_argument("--debug", action="store_true")
+        c = sub.add_parser("convert", help="npz <-> paddle conversion time and peak memory "
+                                           "for a full-size ViT-B/16")
+        c.add_argument("--debug", action="store_true")
         args = parser.parse_args(argv)
         use_all_cores()
         SECTIONS[args.section](args)
