@@ -251,3 +251,14 @@ def test_fp16_o2_config_on_cpu_warns_once_and_trains_in_fp32(tmp_path, data_root
     train(fp32)
     assert max_diff(params(tmp_path / "fp16/out"), params(tmp_path / "fp32/out")) == 0.0
     assert all(np.asarray(v).dtype == np.float32 for v in params(tmp_path / "fp16/out").values())
+
+
+def test_config_without_seed_runs_and_visualdl_scalars_are_written(tmp_path, data_root):
+    path = tiny_config(tmp_path, data_root, **{"Global.max_train_step": 2, "Global.seed": None,
+                                               "Global.use_visualdl": True})
+    e = train(path)
+    assert e.global_step == 2 and isinstance(e.seed, int)
+    st = ckpt.load_states(str(tmp_path / "out/VisionTransformer/latest"))
+    assert st["seed"] == e.seed  # recorded, so a resume continues the same data order
+    vdl = tmp_path / "out/vdl"
+    assert vdl.is_dir() and any(f.startswith("vdlrecords") for f in os.listdir(vdl))
