@@ -392,6 +392,18 @@ def test_loading_errors_reach_the_caller_as_one_line(tmp_path, workers):
     assert pipe.dataset.skipped == 1
 
 
+def test_iter_batches_reraises_failures_carried_as_batches():
+    from plsc.data.loader import _Failure, iter_batches
+
+    ok = [np.zeros(2), np.zeros(2)]
+    it = iter_batches([ok, _Failure(ImageDecodeError("bad file")).as_batch(), ok])
+    assert next(it) is ok
+    with pytest.raises(DataError, match=r"^bad file$"):
+        next(it)
+    with pytest.raises(RuntimeError, match=r"(?s)^data loading failed:\n.*ValueError: boom"):
+        list(iter_batches([_Failure(ValueError("boom")).as_batch()]))
+
+
 def test_collate_rejects_mixed_shapes_with_a_hint(tmp_path):
     write_jpegs(tmp_path, 1, size=(12, 10))
     cv2.imwrite(str(tmp_path / "img" / "big.jpg"), np.zeros((20, 20, 3), np.uint8))

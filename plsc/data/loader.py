@@ -33,7 +33,9 @@ class _Failure:
 
     def __init__(self, exc):
         if isinstance(exc, PlscError):
-            self.kind, self.text = type(exc).__name__, str(exc)
+            # the closest plsc.errors class (a subclass such as ImageDecodeError maps to DataError)
+            self.kind = next(c.__name__ for c in type(exc).__mro__ if getattr(errors, c.__name__, None) is c)
+            self.text = str(exc)
         else:
             self.kind, self.text = "", "".join(traceback.format_exception(exc))
 

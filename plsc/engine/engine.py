@@ -107,7 +107,8 @@ class Engine:
         want_eval = mode == "eval" or g.eval_during_train
         if want_eval and loaders.get("Eval"):
             self.eval_data = build_dataloader(loaders["Eval"], "eval", self.world.rank,
-                                              self.world.size, self.seed)
+                                              self.world.size, self.seed,
+                                              class_num=cfg.Model.get("class_num"))
         self.eval_loss = build_loss(losses["Eval"]) if losses.get("Eval") else None
         self.eval_metric = build_metrics(metrics["Eval"]) if metrics.get("Eval") else None
         if mode == "eval":
@@ -123,7 +124,8 @@ class Engine:
         if not losses.get("Train"):
             raise ConfigError("Loss.Train is required for training")
         self.train_data = build_dataloader(loaders["Train"], "train", self.world.rank,
-                                           self.world.size, self.seed)
+                                           self.world.size, self.seed,
+                                           class_num=cfg.Model.get("class_num"))
         self.train_loss = build_loss(losses["Train"])
         self.train_metric = build_metrics(metrics["Train"]) if metrics.get("Train") else None
 
