@@ -312,7 +312,7 @@ OFFICIAL = {
     "ViT_huge_patch14_224": (224, 14, 1280, 16, 32),
     # 384 is not a multiple of 14: PLSC's 27 x 27 grid, i.e. 378 px input
     "ViT_huge_patch14_384": (378, 14, 1280, 16, 32),
-    "ViT_tiny_patch4_32": (32, 4, 192, 3, 6),
+    "ViT_tiny_patch4_32": (32, 4, 96, 3, 4),
 }
 
 

@@ -155,6 +155,7 @@ class Engine:
         self.epoch, self.micro_in_epoch, self.global_step = 0, 0, 0
         self.best_top1, self.best_epoch = -1.0, -1
         self.nan_steps = 0
+        self.last_top1 = None  # of the last evaluation in this process
         if g.checkpoint:
             self._resume(g.checkpoint)
         self.scalars = Scalars(os.path.join(g.output_dir, "vdl")
@@ -243,6 +244,7 @@ class Engine:
 
     def _after_eval(self, result, epoch):
         top1 = result.get("top1")
+        self.last_top1 = top1
         for k, v in result.items():
             self.scalars.add(f"eval/{k}", v, self.global_step)
         if top1 is not None and top1 > self.best_top1:
@@ -311,8 +313,10 @@ class Engine:
         elapsed = time.time() - t_start
         steps = self.global_step - start_step
         ips = steps * global_batch / max(elapsed, 1e-9)
-        best = f"best top1 {self.best_top1:.5f} (epoch {self.best_epoch})" if self.best_top1 >= 0 \
-            else "no evaluation"
+        best = "no evaluation"
+        if self.best_top1 >= 0:
+            best = (f"final top1 {self.last_top1:.5f}, " if self.last_top1 is not None else "") + \
+                f"best top1 {self.best_top1:.5f} (epoch {self.best_epoch})"
         log.info(f"[Train] finished: {self.global_step} steps, {self.epoch} epoch(s) in "
                  f"{format_eta(elapsed)} ({ips:.1f} images/sec); {best}; "
                  f"checkpoints in {self.out_dir}")
