@@ -592,6 +592,8 @@ def _coerce(value, ann):
         return _NO
     if ann is int:
         return value if isinstance(value, int) and not isinstance(value, bool) else _NO
+    if ann is str and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return str(value)  # `-o Global.output_dir=123` or `name: 2021` mean the text
     if ann is bool or ann is str:
         return value if isinstance(value, ann) else _NO
     seq = ann in (list, tuple) or origin in (list, tuple, collections.abc.Sequence,

@@ -495,9 +495,9 @@ def test_wrong_type_names_expected_got_and_source(tmp_path):
         "Global.finetune: expected bool, got int 1 (from -o Global.finetune=1)")
     assert error_of(load, path, ["Model.class_num=1e3"]) == (
         "Model.class_num: expected int, got float 1000.0 (from -o Model.class_num=1e3)")
-    assert error_of(load, path, ["FP16.fp16_custom_white_list=[1]"]) == (
-        "FP16.fp16_custom_white_list: expected list of str, got list [1] "
-        "(from -o FP16.fp16_custom_white_list=[1])")
+    assert error_of(load, path, ["FP16.fp16_custom_white_list=[True]"]) == (
+        "FP16.fp16_custom_white_list: expected list of str, got list [True] "
+        "(from -o FP16.fp16_custom_white_list=[True])")
     bad = write(tmp_path, "bad.yaml", MINIMAL, "Global:\n  epochs: 2.5\n")
     assert error_of(load, bad) == f"Global.epochs: expected int, got float 2.5 (from {bad})"
     bad = write(tmp_path, "sec.yaml", MINIMAL, "Global: [1]\n")
@@ -865,3 +865,10 @@ def test_use_all_cores_respects_user_and_launcher(monkeypatch):
     monkeypatch.delenv("PADDLE_TRAINERS_NUM")
     assert common.use_all_cores() == (os.cpu_count() or 1)
     assert os.environ["OMP_NUM_THREADS"] == str(os.cpu_count() or 1)
+
+
+def test_a_number_where_a_string_is_expected_is_its_text(tmp_path):
+    path = write(tmp_path, "x.yaml", MINIMAL)
+    assert load(path, ["Global.output_dir=123"], validate=False).Global.output_dir == 123
+    cfg = load(path, ["Global.output_dir=123", "Global.checkpoint=7"])
+    assert cfg.Global.output_dir == "123" and cfg.Global.checkpoint == "7"
