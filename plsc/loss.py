@@ -150,21 +150,11 @@ def build_loss(list_cfg, section="Loss"):
     `section` (e.g. "Loss.Train") only names the config key in error messages. A loss listed
     twice is logged as Name, Name_1, ...
     """
-    if not isinstance(list_cfg, (list, tuple)) or not list_cfg:
+    if not list_cfg:
         raise ConfigError(f"{section} must be a non-empty list of {{LossName: {{weight: ...}}}},"
                           f" got {list_cfg!r}")
     terms, seen = [], {}
-    for i, item in enumerate(list_cfg):
-        if not isinstance(item, dict) or len(item) != 1:
-            raise ConfigError(f"{section}.{i} must be a single {{LossName: {{...}}}} mapping,"
-                              f" got {item!r}")
-        (name, params), = item.items()
-        if params is None:
-            params = {}
-        if not isinstance(params, dict):
-            raise ConfigError(f"{section}.{i}.{name} must be a mapping of arguments or null,"
-                              f" got {params!r}")
-        fn = LOSSES.build({"name": name, **params})
+    for name, fn in LOSSES.build_list(list_cfg, section):
         n = seen.get(name, 0)
         seen[name] = n + 1
         terms.append((name if n == 0 else f"{name}_{n}", fn))

@@ -62,20 +62,5 @@ def build_metrics(list_cfg, section="Metric"):
 
     None or [] gives a function returning {} (a section without metrics).
     """
-    if list_cfg is None:
-        list_cfg = []
-    if not isinstance(list_cfg, (list, tuple)):
-        raise ConfigError(f"{section} must be a list of {{MetricName: {{...}}}}, got {list_cfg!r}")
-    metrics = []
-    for i, item in enumerate(list_cfg):
-        if not isinstance(item, dict) or len(item) != 1:
-            raise ConfigError(f"{section}.{i} must be a single {{MetricName: {{...}}}} mapping,"
-                              f" got {item!r}")
-        (name, params), = item.items()
-        if params is None:
-            params = {}
-        if not isinstance(params, dict):
-            raise ConfigError(f"{section}.{i}.{name} must be a mapping of arguments or null,"
-                              f" got {params!r}")
-        metrics.append(METRICS.build({"name": name, **params}))
+    metrics = [m for _, m in METRICS.build_list(list_cfg, section)]
     return CombinedMetric(metrics)

@@ -83,6 +83,27 @@ class Registry:
         return self.get(cfg["name"])(**kwargs, **extra)
 
 
+    def build_list(self, list_cfg, section):
+        """Build PLSC's list form `[{Name: {kwargs} or null}, ...]` (losses, metrics,
+        transforms) -> [(Name, component)]; `section` names the config key in errors."""
+        if list_cfg is None:
+            return []
+        if not isinstance(list_cfg, (list, tuple)):
+            raise ConfigError(f"{section}: expected a list of {{Name: {{args}}}} items, "
+                              f"got {list_cfg!r}")
+        built = []
+        for i, item in enumerate(list_cfg):
+            if not isinstance(item, dict) or len(item) != 1:
+                raise ConfigError(f"{section}.{i}: expected one {{Name: {{args}}}} item, "
+                                  f"got {item!r}")
+            (name, kwargs), = item.items()
+            if kwargs is not None and not isinstance(kwargs, dict):
+                raise ConfigError(f"{section}.{i}.{name}: expected a dict of arguments or null, "
+                                  f"got {kwargs!r}")
+            built.append((name, self.build({"name": name, **(kwargs or {})})))
+        return built
+
+
 MODELS = Registry("model")
 LOSSES = Registry("loss")
 OPTIMIZERS = Registry("optimizer")

@@ -139,8 +139,8 @@ def test_combined_loss_weights_and_keys(data):
     ([{"CELoss": {"eps": 0.1}}], "did you mean 'epsilon'"),
     ([{"CEloss": None}], "did you mean 'CELoss'"),
     ([], "Loss.Train must be a non-empty list"),
-    ([{"CELoss": None, "ViTCELoss": None}], "Loss.Train.0 must be a single"),
-    ([{"CELoss": 1.0}], "Loss.Train.0.CELoss must be a mapping of arguments or null"),
+    ([{"CELoss": None, "ViTCELoss": None}], "Loss.Train.0: expected one {Name: {args}} item"),
+    ([{"CELoss": 1.0}], "Loss.Train.0.CELoss: expected a dict of arguments or null"),
 ])
 def test_loss_config_errors(cfg, message):
     with pytest.raises(ConfigError) as e:

@@ -202,20 +202,10 @@ def create_batch_transform(list_cfg, class_num=None):
     """[{Name: {kwargs}}, ...] -> one callable (None for an empty list); several run in order."""
     if not list_cfg:
         return None
-    if not isinstance(list_cfg, (list, tuple)):
-        raise ConfigError(f"batch_transform_ops: expected a list of {{Name: {{args}}}} items, got {list_cfg!r}")
-    ops = []
-    for i, item in enumerate(list_cfg):
-        if not isinstance(item, dict) or len(item) != 1:
-            raise ConfigError(f"batch_transform_ops.{i}: expected one {{Name: {{args}}}} item, got {item!r}")
-        (name, kwargs), = item.items()
-        if kwargs is not None and not isinstance(kwargs, dict):
-            raise ConfigError(f"batch_transform_ops.{i}.{name}: expected a dict of arguments or null, "
-                              f"got {kwargs!r}")
-        op = BATCH_TRANSFORMS.build({"name": name, **(kwargs or {})})
+    ops = [op for _, op in BATCH_TRANSFORMS.build_list(list_cfg, "batch_transform_ops")]
+    for op in ops:
         if class_num is not None and hasattr(op, "set_class_num"):
             op.set_class_num(class_num)
-        ops.append(op)
     if len(ops) == 1:
         return ops[0]
     return Compose(ops)

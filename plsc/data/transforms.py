@@ -260,21 +260,9 @@ class ToCHWImage:
         return np.ascontiguousarray(img.transpose(2, 0, 1))
 
 
-def create_operators(list_cfg):
+def create_operators(list_cfg, section="transform_ops"):
     """Build ops from PLSC's list form `[{Name: {kwargs} or None}, ...]`."""
-    if list_cfg is None:
-        return []
-    if not isinstance(list_cfg, (list, tuple)):
-        raise ConfigError(f"transform_ops: expected a list of {{Name: {{args}}}} items, got {list_cfg!r}")
-    ops = []
-    for i, item in enumerate(list_cfg):
-        if not isinstance(item, dict) or len(item) != 1:
-            raise ConfigError(f"transform_ops.{i}: expected one {{Name: {{args}}}} item, got {item!r}")
-        (name, kwargs), = item.items()
-        if kwargs is not None and not isinstance(kwargs, dict):
-            raise ConfigError(f"transform_ops.{i}.{name}: expected a dict of arguments or null, got {kwargs!r}")
-        ops.append(TRANSFORMS.build({"name": name, **(kwargs or {})}))
-    return ops
+    return [op for _, op in TRANSFORMS.build_list(list_cfg, section)]
 
 
 def apply_operators(ops, img, rng):
