@@ -449,3 +449,20 @@ def test_to_static_with_dynamic_batch():
         model, input_spec=[paddle.static.InputSpec([None, 3, 16, 16], "float32")],
         full_graph=True)
     np.testing.assert_allclose(static(x).numpy(), ref, atol=1e-6)
+
+
+def test_paddle_seed_decides_the_initial_weights_and_xavier_bounds_hold():
+    def weights(seed):
+        paddle.seed(seed)
+        m = build_model({"name": "VisionTransformer", "img_size": 16, "patch_size": 4,
+                         "embed_dim": 32, "depth": 1, "num_heads": 2, "class_num": 3})
+        return {k: v.numpy() for k, v in m.state_dict().items()}
+
+    a, b, c = weights(1), weights(1), weights(2)
+    assert all(np.array_equal(a[k], b[k]) for k in a)
+    assert not np.array_equal(a["blocks.0.mlp.fc1.weight"], c["blocks.0.mlp.fc1.weight"])
+    fc1 = a["blocks.0.mlp.fc1.weight"]  # [32, 128]: xavier limit sqrt(6 / 160)
+    limit = np.sqrt(6.0 / (32 + 128))
+    assert np.abs(fc1).max() <= limit and np.abs(fc1).max() > 0.9 * limit
+    assert abs(fc1.std() - limit / np.sqrt(3)) < 0.1 * limit / np.sqrt(3)
+    assert not np.array_equal(a["blocks.0.attn.qkv.weight"][:, :32], a["blocks.0.attn.proj.weight"])

@@ -12,6 +12,7 @@ matter even more: see the model task report.
 import math
 
 import paddle
+import numpy as np
 import paddle.nn as nn
 import paddle.nn.functional as F
 from paddle.nn import initializer as init
@@ -21,12 +22,36 @@ from ..errors import ConfigError
 
 # ---------------------------------------------------------------- initialisers (as ParamAttr)
 
+class _FastUniform(init.Initializer):
+    """U(-limit, limit), or xavier-uniform (limit sqrt(6 / (fan_in + fan_out))) when limit is None.
+
+    Paddle's CPU `uniform` op draws ~80M numbers/s on one thread (ViT-H/14: 8 s of an 8.8 s
+    build); numpy's PCG64 fills float32 several times faster. The numpy seed is drawn from
+    Paddle's generator, so `paddle.seed` still decides the initial weights."""
+
+    def __init__(self, limit=None):
+        super().__init__()
+        self.limit = limit
+
+    def forward(self, var, block=None):
+        shape = [int(d) for d in var.shape]
+        limit = self.limit
+        if limit is None:  # Linear weights are [in, out]
+            limit = math.sqrt(6.0 / (shape[0] + shape[1]))
+        seed = int(paddle.randint(0, 2**31 - 1, [1]).item())
+        arr = np.random.default_rng(seed).random(shape, dtype=np.float32)
+        arr *= 2.0 * limit
+        arr -= limit
+        var.set_value(arr)
+        return None
+
+
 def xavier_uniform():
-    return paddle.ParamAttr(initializer=init.XavierUniform())
+    return paddle.ParamAttr(initializer=_FastUniform())
 
 
 def uniform(limit):
-    return paddle.ParamAttr(initializer=init.Uniform(-limit, limit))
+    return paddle.ParamAttr(initializer=_FastUniform(limit))
 
 
 def normal(std):
