@@ -244,7 +244,7 @@ ViT_huge_patch14_384 = _factory("ViT_huge_patch14_384",
 
 # NOT an official model: a small quick-start variant for 32 px data (CIFAR-like), 8x8 = 64
 # patches of 4 px, width 96, 4 blocks, 3 heads. Sized so 2 CPU processes train it to ~70% on
-# SyntheticShapes in under 4 minutes (~260 img/s); ViT-Ti's width and depth (192, 12) would be
+# SyntheticShapes in under 4 minutes (~296 img/s); ViT-Ti's width and depth (192, 12) would be
 # ~7x slower there.
 ViT_tiny_patch4_32 = _factory(
     "ViT_tiny_patch4_32",
