@@ -262,3 +262,14 @@ def test_config_without_seed_runs_and_visualdl_scalars_are_written(tmp_path, dat
     assert st["seed"] == e.seed  # recorded, so a resume continues the same data order
     vdl = tmp_path / "out/vdl"
     assert vdl.is_dir() and any(f.startswith("vdlrecords") for f in os.listdir(vdl))
+
+
+def test_temp_files_of_a_process_killed_mid_write_are_removed_by_the_next_save(tmp_path, data_root):
+    path = tiny_config(tmp_path, data_root, **{"Global.max_train_step": 1})
+    engine = train(path)
+    out = tmp_path / "out/VisionTransformer"
+    stale = out / "latest.tmp-999999.pdopt"  # what SIGKILL during paddle.save leaves behind
+    stale.write_bytes(b"\x80\x04partial")
+    engine.save("latest")
+    assert not stale.exists()
+    assert ckpt.torn_reason(str(out / "latest")) is None

@@ -87,6 +87,10 @@ def load_optimizer_state(optimizer, model, state):
 def save(directory, prefix, model, optimizer=None, lr_scheduler=None, amp=None, states=None):
     os.makedirs(directory, exist_ok=True)
     base = os.path.join(directory, prefix)
+    # Only rank 0 writes, so any other `.tmp-*` of this prefix is left by a process that was
+    # killed mid-write (its `finally` never ran): remove it rather than let it pile up.
+    for stale in glob.glob(glob.escape(base) + ".tmp-*"):
+        os.remove(stale)
     tmp = f"{base}.tmp-{os.getpid()}"
     bak = _backup_prefix(base)
     objs = {".pdparams": fp32_state_dict(model)}
