@@ -22,6 +22,7 @@ State-dict names (official -> ours mapping is documented in plsc/convert/npz.py)
   patch_embed.backbone.stages.{s}.units.{u}.{gn1,gn2,gn3,gn_proj}.{weight,bias}
   patch_embed.proj.{weight,bias}, then the usual ViT names.
 """
+import dataclasses
 import inspect
 
 import paddle
@@ -29,14 +30,13 @@ import paddle.nn as nn
 import paddle.nn.functional as F
 
 from ..errors import ConfigError
-from ..registry import MODELS
+from ..vit_spec import R50_LAYERS, stem_stride
 from .layers import constant, lecun_normal
 from .vit import VisionTransformer
 
 WS_EPS = 1e-5
 GN_GROUPS = 32
 GN_EPS = 1e-6
-R50_LAYERS = (3, 4, 9)
 
 
 def same_padding(size, kernel, stride):
@@ -144,7 +144,7 @@ class ResNetBackbone(nn.Layer):
             cin = 4 * w
         self.stages = nn.LayerList(stages)
         self.out_channels = cin
-        self.stride = 4 * 2 ** (len(layers) - 1)
+        self.stride = stem_stride(layers)
 
     def forward(self, x):
         x = self.root(x)
@@ -163,6 +163,7 @@ class HybridEmbed(nn.Layer):
                  resnet_layers=R50_LAYERS, resnet_width=64):
         super().__init__()
         self.backbone = ResNetBackbone(in_chans, resnet_width, resnet_layers)
+        self.layers = tuple(resnet_layers)
         stride = self.backbone.stride
         if patch_size % stride:
             raise ConfigError(f"ViTHybrid: patch_size {patch_size} must be a multiple of the "
@@ -185,7 +186,6 @@ class HybridEmbed(nn.Layer):
         return x.flatten(2).transpose([0, 2, 1])
 
 
-@MODELS.register()
 class ViTHybrid(VisionTransformer):
     """VisionTransformer whose patch embedding is `HybridEmbed` (ResNet stem + 1x1 conv).
 
@@ -201,40 +201,21 @@ class ViTHybrid(VisionTransformer):
         self.patch_embed = HybridEmbed(
             self.img_size, self.patch_size, kwargs.get("in_chans", 3), self.embed_dim,
             tuple(int(u) for u in resnet_layers), int(resnet_width))
+        self.spec = dataclasses.replace(self.spec, resnet_layers=self.patch_embed.layers,
+                                        resnet_width=int(resnet_width))
 
 
-def _signature(defaults):
-    """ViTHybrid's config keys: the resnet ones + VisionTransformer's, with `defaults`."""
-    vit = list(inspect.signature(VisionTransformer.__init__).parameters.values())[1:]
-    params = [inspect.Parameter("resnet_layers", inspect.Parameter.KEYWORD_ONLY,
-                                default=defaults.get("resnet_layers", R50_LAYERS), annotation=list),
-              inspect.Parameter("resnet_width", inspect.Parameter.KEYWORD_ONLY,
-                                default=defaults.get("resnet_width", 64), annotation=int)]
-    params += [p.replace(kind=inspect.Parameter.KEYWORD_ONLY,
-                         default=defaults.get(p.name, p.default)) for p in vit]
-    return inspect.Signature(params)
+def _signature():
+    """ViTHybrid's config keys: the stem's, then VisionTransformer's, all keyword-only."""
+    kw = inspect.Parameter.KEYWORD_ONLY
+    vit = list(inspect.signature(VisionTransformer.__init__).parameters.values())
+    return inspect.Signature(
+        [vit[0],  # self
+         inspect.Parameter("resnet_layers", kw, default=R50_LAYERS, annotation=list),
+         inspect.Parameter("resnet_width", kw, default=64, annotation=int)]
+        + [p.replace(kind=kw) for p in vit[1:]])
 
 
-ViTHybrid.__init__.__signature__ = inspect.Signature(
-    [inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD)]
-    + list(_signature({}).parameters.values()))
-
-
-def _factory(name, doc, **preset):
-    def factory(**kwargs):
-        return ViTHybrid(**{**preset, **kwargs})
-
-    factory.__signature__ = _signature(preset)
-    factory.__name__ = factory.__qualname__ = name
-    factory.__doc__ = doc
-    factory.preset = dict(preset)
-    return MODELS.register(name)(factory)
-
-
-R50_B16 = dict(patch_size=16, embed_dim=768, depth=12, num_heads=12, resnet_layers=R50_LAYERS,
-               resnet_width=64)
-ViT_base_r50_s16_224 = _factory(
-    "ViT_base_r50_s16_224", "R50+ViT-B/16, 224 px (98,659,112 params with 1000 classes).",
-    img_size=224, **R50_B16)
-ViT_base_r50_s16_384 = _factory("ViT_base_r50_s16_384", "R50+ViT-B/16, 384 px.",
-                                img_size=384, **R50_B16)
+# **kwargs forwards to VisionTransformer; the explicit signature lets the registry (and the
+# config validator) see every accepted key with its default.
+ViTHybrid.__init__.__signature__ = _signature()

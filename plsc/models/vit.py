@@ -8,7 +8,6 @@ Linear weights are [in, out].
 `global_pool='gap'` follows the official gap models: no class token, no class row in pos_embed,
 mean over tokens taken after the final LayerNorm.
 """
-import inspect
 from typing import Optional
 
 import numpy as np
@@ -16,10 +15,9 @@ import paddle
 import paddle.nn as nn
 
 from ..errors import ConfigError
-from ..registry import MODELS
+from ..vit_spec import GLOBAL_POOLS, HEAD_NAMES, pool_tokens, spec_from_kwargs
 from .layers import Block, PatchEmbed, constant, dropout, normal, xavier_uniform
 
-GLOBAL_POOLS = ("token", "gap")
 ACTS = ("gelu", "gelu_tanh")
 ATTN_IMPLS = ("auto", "math", "sdpa")
 
@@ -54,7 +52,28 @@ def _check_rate(arg, value):
         _fail(f"{arg} must be a number in [0, 1); got {value!r}")
 
 
-@MODELS.register()
+def _validate(spec, attn_impl, act, rates):
+    """One-line ConfigErrors for keyword values the layers would reject obscurely."""
+    _check_choice("global_pool", spec.global_pool, GLOBAL_POOLS)
+    _check_choice("act", act, ACTS)
+    _check_choice("attn_impl", attn_impl, ATTN_IMPLS)
+    for arg in ("img_size", "patch_size", "in_chans", "embed_dim", "depth", "num_heads"):
+        _check_int(arg, getattr(spec, arg), 1)
+    _check_int("class_num", spec.class_num, 0)
+    if spec.representation_size is not None:
+        _check_int("representation_size", spec.representation_size, 1)
+    for arg, value in rates.items():
+        _check_rate(arg, value)
+    mlp_ratio = spec.mlp_ratio
+    if isinstance(mlp_ratio, bool) or not isinstance(mlp_ratio, (int, float)) \
+            or not mlp_ratio > 0:
+        _fail(f"mlp_ratio must be a number > 0; got {mlp_ratio!r}")
+    if spec.embed_dim % spec.num_heads:
+        _fail(f"embed_dim {spec.embed_dim} is not divisible by num_heads {spec.num_heads}")
+    if spec.img_size % spec.patch_size:
+        _fail(f"img_size {spec.img_size} is not divisible by patch_size {spec.patch_size}")
+
+
 class VisionTransformer(nn.Layer):
     """ViT encoder + classifier. `forward(x)` -> logits [B, class_num].
 
@@ -62,6 +81,8 @@ class VisionTransformer(nn.Layer):
     (see `resolve_attn_impl`); 'math' computes the attention probabilities explicitly and is
     the only path used when they are requested (`return_attn=True`).
     class_num=0 builds no head: `forward` returns the pooled (pre-logits) features.
+    `self.spec` (plsc.vit_spec.ViTSpec) is the architecture; the state dict is exactly
+    `vit_spec.state_shapes(self.spec)`.
     """
 
     def __init__(self, img_size: int = 224, patch_size: int = 16, in_chans: int = 3,
@@ -72,47 +93,28 @@ class VisionTransformer(nn.Layer):
                  drop_path_rate: float = 0.0, epsilon: float = 1e-6, act: str = "gelu",
                  attn_impl: str = "auto", head_bias: float = 0.0):
         super().__init__()
-        _check_choice("global_pool", global_pool, GLOBAL_POOLS)
-        _check_choice("act", act, ACTS)
-        _check_choice("attn_impl", attn_impl, ATTN_IMPLS)
-        for arg, value in (("img_size", img_size), ("patch_size", patch_size),
-                           ("in_chans", in_chans), ("embed_dim", embed_dim),
-                           ("depth", depth), ("num_heads", num_heads)):
-            _check_int(arg, value, 1)
-        _check_int("class_num", class_num, 0)
-        if representation_size is not None:
-            _check_int("representation_size", representation_size, 1)
-        for arg, value in (("drop_rate", drop_rate), ("attn_drop_rate", attn_drop_rate),
-                           ("drop_path_rate", drop_path_rate)):
-            _check_rate(arg, value)
-        if isinstance(mlp_ratio, bool) or not isinstance(mlp_ratio, (int, float)) \
-                or not mlp_ratio > 0:
-            _fail(f"mlp_ratio must be a number > 0; got {mlp_ratio!r}")
-        if embed_dim % num_heads:
-            _fail(f"embed_dim {embed_dim} is not divisible by num_heads {num_heads}")
-        if img_size % patch_size:
-            _fail(f"img_size {img_size} is not divisible by patch_size {patch_size}")
-
-        self.img_size = img_size
-        self.patch_size = patch_size
-        self.class_num = class_num
-        self.embed_dim = embed_dim
-        self.depth = depth
-        self.num_heads = num_heads
+        # The architecture keywords, by name, straight from the signature.
+        spec = spec_from_kwargs(locals())
+        _validate(spec, attn_impl, act, {"drop_rate": drop_rate, "attn_drop_rate": attn_drop_rate,
+                                         "drop_path_rate": drop_path_rate})
+        self.spec = spec
+        self.img_size, self.patch_size = img_size, patch_size
+        self.class_num, self.embed_dim = class_num, embed_dim
+        self.depth, self.num_heads = depth, num_heads
         self.global_pool = global_pool
         self.representation_size = representation_size
-        self.num_features = representation_size or embed_dim  # width of the head's input
+        self.num_features = spec.num_features  # width of the head's input
         self.attn_impl = resolve_attn_impl(attn_impl)
-        self.num_prefix_tokens = 1 if global_pool == "token" else 0
-        self.grad_checkpointing = False  # the engine sets this from DistributedStrategy.recompute
+        self.num_prefix_tokens = spec.num_prefix_tokens
+        self.grad_checkpointing = False  # set_grad_checkpointing (DistributedStrategy.recompute)
 
         self.patch_embed = PatchEmbed(img_size, patch_size, in_chans, embed_dim)
-        num_tokens = self.patch_embed.num_patches + self.num_prefix_tokens
         self.cls_token = (
             self.create_parameter([1, 1, embed_dim], attr=constant(0.0))
             if self.num_prefix_tokens else None
         )
-        self.pos_embed = self.create_parameter([1, num_tokens, embed_dim], attr=normal(0.02))
+        self.pos_embed = self.create_parameter([1, spec.num_tokens, embed_dim],
+                                               attr=normal(0.02))
         self.pos_drop = dropout(drop_rate)
 
         # Stochastic depth grows linearly from 0 (first block) to drop_path_rate (last block).
@@ -123,11 +125,8 @@ class VisionTransformer(nn.Layer):
             for i in range(depth)
         ])
         self.norm = nn.LayerNorm(embed_dim, epsilon=epsilon)
-        if representation_size:
-            self.head0 = nn.Linear(embed_dim, representation_size,
-                                   weight_attr=xavier_uniform(), bias_attr=constant(0.0))
-        else:
-            self.head0 = None
+        self.head0 = nn.Linear(embed_dim, representation_size, weight_attr=xavier_uniform(),
+                               bias_attr=constant(0.0)) if representation_size else None
         # Zero head (and a constant bias, e.g. -10 for sigmoid training) as in the original.
         if class_num > 0:
             self.head = nn.Linear(self.num_features, class_num, weight_attr=constant(0.0),
@@ -157,96 +156,33 @@ class VisionTransformer(nn.Layer):
         x = self.norm(x)
         return (x, attns) if return_attn else x
 
-    def forward_head(self, x):
-        """Final tokens [B, N, D] -> logits: pool, pre-logits (Dense + tanh), head."""
-        x = x[:, 0] if self.global_pool == "token" else x.mean(axis=1)
+    def forward_head(self, x, pre_logits=False):
+        """Final tokens [B, N, D] -> logits: pool, pre-logits (Dense + tanh), head.
+        pre_logits=True stops before the head: the features the classifier sees [B, F]."""
+        x = pool_tokens(x, self.global_pool)
         if self.head0 is not None:
             x = paddle.tanh(self.head0(x))
-        return self.head(x)
+        return x if pre_logits else self.head(x)
 
     def forward(self, x):
         return self.forward_head(self.forward_features(x))
 
+    def set_grad_checkpointing(self, enable=True):
+        """Recompute each block's activations in the backward pass (training only)."""
+        self.grad_checkpointing = bool(enable)
 
-# ---------------------------------------------------------------- named factories
+    def head_names(self):
+        """Top-level names of the head layers, pre-logits first (including `head0` when this
+        model has none: a checkpoint may carry one, which fine-tuning must then drop)."""
+        return HEAD_NAMES
 
-_VIT_SIGNATURE = inspect.signature(VisionTransformer.__init__)
-
-
-def _factory(name, doc, **preset):
-    """A registered function building VisionTransformer(**preset, **overrides).
-
-    Its __signature__ is VisionTransformer's keywords with the preset as defaults, so the
-    registry (and the config validator) see every accepted key and the real default values."""
-
-    def factory(**kwargs):
-        return VisionTransformer(**{**preset, **kwargs})
-
-    params = [
-        p.replace(kind=inspect.Parameter.KEYWORD_ONLY, default=preset.get(p.name, p.default))
-        for p in list(_VIT_SIGNATURE.parameters.values())[1:]  # drop self
-    ]
-    factory.__signature__ = inspect.Signature(params)
-    factory.__name__ = factory.__qualname__ = name
-    factory.__doc__ = doc
-    factory.preset = dict(preset)
-    return MODELS.register(name)(factory)
-
-
-# Official sizes (hidden / heads / layers, MLP 4x): Ti 192/3/12, S 384/6/12, B 768/12/12,
-# L 1024/16/24, H 1280/16/32.
-TINY = dict(embed_dim=192, depth=12, num_heads=3)
-SMALL = dict(embed_dim=384, depth=12, num_heads=6)
-BASE = dict(embed_dim=768, depth=12, num_heads=12)
-LARGE = dict(embed_dim=1024, depth=24, num_heads=16)
-HUGE = dict(embed_dim=1280, depth=32, num_heads=16)
-
-ViT_tiny_patch16_224 = _factory("ViT_tiny_patch16_224", "ViT-Ti/16, 224 px.",
-                                img_size=224, patch_size=16, **TINY)
-ViT_tiny_patch16_384 = _factory("ViT_tiny_patch16_384", "ViT-Ti/16, 384 px.",
-                                img_size=384, patch_size=16, **TINY)
-ViT_small_patch16_224 = _factory("ViT_small_patch16_224", "ViT-S/16, 224 px.",
-                                 img_size=224, patch_size=16, **SMALL)
-ViT_small_patch16_384 = _factory("ViT_small_patch16_384", "ViT-S/16, 384 px.",
-                                 img_size=384, patch_size=16, **SMALL)
-ViT_small_patch32_224 = _factory("ViT_small_patch32_224", "ViT-S/32, 224 px.",
-                                 img_size=224, patch_size=32, **SMALL)
-ViT_small_patch32_384 = _factory("ViT_small_patch32_384", "ViT-S/32, 384 px.",
-                                 img_size=384, patch_size=32, **SMALL)
-ViT_base_patch8_224 = _factory("ViT_base_patch8_224", "ViT-B/8, 224 px.",
-                               img_size=224, patch_size=8, **BASE)
-ViT_base_patch16_224 = _factory("ViT_base_patch16_224",
-                                "ViT-B/16, 224 px (86,567,656 params with 1000 classes).",
-                                img_size=224, patch_size=16, **BASE)
-ViT_base_patch16_384 = _factory("ViT_base_patch16_384", "ViT-B/16, 384 px.",
-                                img_size=384, patch_size=16, **BASE)
-ViT_base_patch32_224 = _factory("ViT_base_patch32_224", "ViT-B/32, 224 px.",
-                                img_size=224, patch_size=32, **BASE)
-ViT_base_patch32_384 = _factory("ViT_base_patch32_384", "ViT-B/32, 384 px.",
-                                img_size=384, patch_size=32, **BASE)
-ViT_large_patch16_224 = _factory("ViT_large_patch16_224", "ViT-L/16, 224 px.",
-                                 img_size=224, patch_size=16, **LARGE)
-ViT_large_patch16_384 = _factory("ViT_large_patch16_384", "ViT-L/16, 384 px.",
-                                 img_size=384, patch_size=16, **LARGE)
-ViT_large_patch32_224 = _factory("ViT_large_patch32_224", "ViT-L/32, 224 px.",
-                                 img_size=224, patch_size=32, **LARGE)
-ViT_large_patch32_384 = _factory("ViT_large_patch32_384", "ViT-L/32, 384 px.",
-                                 img_size=384, patch_size=32, **LARGE)
-ViT_huge_patch14_224 = _factory("ViT_huge_patch14_224",
-                                "ViT-H/14, 224 px (632,045,800 params with 1000 classes).",
-                                img_size=224, patch_size=14, **HUGE)
-# 384 is not a multiple of 14. PLSC builds this model at 384 and its conv silently ignores the
-# last 6 pixel rows/columns (27 x 27 patches); we keep that grid (pos_embed [1, 730, 1280], so
-# PLSC weights load) but state the real input size, 27 * 14 = 378, instead of cropping silently.
-ViT_huge_patch14_384 = _factory("ViT_huge_patch14_384",
-                                "ViT-H/14 at the 384 setting: 378 px input (27 x 27 patches).",
-                                img_size=378, patch_size=14, **HUGE)
-
-# NOT an official model: a small quick-start variant for 32 px data (CIFAR-like), 8x8 = 64
-# patches of 4 px, width 96, 4 blocks, 3 heads. Sized so 2 CPU processes train it to ~70% on
-# SyntheticShapes in under 4 minutes (~296 img/s); ViT-Ti's width and depth (192, 12) would be
-# ~7x slower there.
-ViT_tiny_patch4_32 = _factory(
-    "ViT_tiny_patch4_32",
-    "Non-official small ViT for 32 px images: patch 4, embed 96, 3 heads, depth 4.",
-    img_size=32, patch_size=4, embed_dim=96, depth=4, num_heads=3)
+    def no_weight_decay(self):
+        """Structured names of the parameters trained without weight decay: every bias, every
+        LayerNorm/GroupNorm parameter, the position embedding and the class token."""
+        names = {"pos_embed"} | ({"cls_token"} if self.cls_token is not None else set())
+        for prefix, layer in self.named_sublayers():
+            is_norm = isinstance(layer, (nn.LayerNorm, nn.GroupNorm))
+            for name, _ in layer.named_parameters(include_sublayers=False):
+                if is_norm or name == "bias":
+                    names.add(f"{prefix}.{name}")
+        return names

@@ -1,0 +1,37 @@
+"""Registering the ViT family: the two classes and one factory per line of vit_spec.VARIANTS."""
+import inspect
+
+from ..vit_spec import VARIANTS
+from .hybrid import ViTHybrid
+from .vit import VisionTransformer
+
+
+def model_class(spec):
+    return VisionTransformer if spec.resnet_layers is None else ViTHybrid
+
+
+def make_factory(name, variant):
+    """A function building the variant, `name(**overrides)`. Its __signature__ is the class's
+    keywords with the variant's spec as defaults, so the registry (and the config validator)
+    see every accepted key and its real default."""
+    cls, preset = model_class(variant.spec), variant.spec.config()
+
+    def factory(**kwargs):
+        return cls(**{**preset, **kwargs})
+
+    params = inspect.signature(cls).parameters.values()
+    factory.__signature__ = inspect.Signature(
+        [p.replace(kind=inspect.Parameter.KEYWORD_ONLY, default=preset.get(p.name, p.default))
+         for p in params])
+    factory.__name__ = factory.__qualname__ = name
+    factory.__doc__ = variant.doc
+    factory.spec = variant.spec
+    return factory
+
+
+def register_family(registry):
+    """Register VisionTransformer, ViTHybrid and every named variant in `registry`."""
+    registry.register("VisionTransformer")(VisionTransformer)
+    registry.register("ViTHybrid")(ViTHybrid)
+    for name, variant in VARIANTS.items():
+        registry.register(name)(make_factory(name, variant))
