@@ -13,25 +13,21 @@ from typing import Optional
 
 import numpy as np
 
+from .. import vit_spec
 from ..errors import ConfigError, DataError
 
-# Official ViT sizes: (hidden, depth, heads, mlp) -> the <size> in ViT_<size>_patch<P>_<img>.
-SIZES = {
-    (192, 12, 3, 768): "tiny",
-    (384, 12, 6, 1536): "small",
-    (768, 12, 12, 3072): "base",
-    (1024, 24, 16, 4096): "large",
-    (1280, 32, 16, 5120): "huge",
-}
-# Heads of the official sizes by hidden width: the only way to name heads for formats that fuse
-# q/k/v (timm, ours) since the fused matrix has the same shape for any head count.
-HEADS_BY_WIDTH = {192: 3, 384: 6, 768: 12, 1024: 16, 1280: 16}
-R50_LAYERS = (3, 4, 9)
+# Both derived from the model family's table (plsc/vit_spec.py):
+# (hidden, depth, heads, mlp) of the official sizes -> the <size> in ViT_<size>_patch<P>_<img>,
+SIZES = {(d, depth, heads, 4 * d): name for name, (_, d, depth, heads) in vit_spec.SIZES.items()}
+# and their heads by width: the only way to name heads for formats that fuse q/k/v (timm, ours).
+HEADS_BY_WIDTH = vit_spec.heads_by_width()
+R50_LAYERS = vit_spec.R50_LAYERS
 
 
 @dataclass
 class Arch:
-    """What a checkpoint contains, in model terms."""
+    """What a checkpoint contains, in model terms: a ViTSpec as read from array shapes (the
+    token grid instead of the image size, the MLP width instead of a ratio) + format notes."""
 
     embed_dim: int
     depth: int
@@ -48,80 +44,37 @@ class Arch:
     extra: dict = field(default_factory=dict)  # format notes for the summary
 
     @property
+    def spec(self):
+        """The model family's description; every derived size below comes from it."""
+        return vit_spec.ViTSpec(
+            img_size=self.img_size, patch_size=self.patch_size, in_chans=self.in_chans,
+            class_num=self.class_num, embed_dim=self.embed_dim, depth=self.depth,
+            num_heads=self.num_heads, mlp_ratio=self.mlp_dim / self.embed_dim,
+            representation_size=self.representation_size, global_pool=self.global_pool,
+            resnet_layers=None if self.resnet_layers is None else tuple(self.resnet_layers),
+            resnet_width=self.resnet_width)
+
+    @property
     def img_size(self):
         return self.grid[0] * self.patch_size
 
     @property
     def num_prefix_tokens(self):
-        return 1 if self.global_pool == "token" else 0
-
-    @property
-    def backbone_stride(self):
-        """Pixels per stem output position: root conv /2, max-pool /2, each later stage /2."""
-        if self.resnet_layers is None:
-            return 1
-        return 4 * 2 ** (len(self.resnet_layers) - 1)
+        return self.spec.num_prefix_tokens
 
     @property
     def embed_kernel(self):
-        return self.patch_size // self.backbone_stride
+        return self.spec.embed_kernel
 
     @property
     def embed_in_chans(self):
         """Channels seen by the patch-embedding conv (stem output for hybrids)."""
-        if self.resnet_layers is None:
-            return self.in_chans
-        return 4 * self.resnet_width * 2 ** (len(self.resnet_layers) - 1)
-
-    def stage_widths(self):
-        return [self.resnet_width * 2 ** s for s in range(len(self.resnet_layers))]
+        return self.spec.embed_in_chans
 
 
 def state_shapes(arch):
     """{name: shape} of OUR state dict (plsc/PLSC names, Linear [in, out], Conv OIHW)."""
-    d, m = arch.embed_dim, arch.mlp_dim
-    k = arch.embed_kernel
-    s = {}
-    if arch.resnet_layers is not None:
-        pre = "patch_embed.backbone."
-        w = arch.resnet_width
-        s[pre + "root.conv.weight"] = (w, arch.in_chans, 7, 7)
-        s[pre + "root.gn.weight"] = s[pre + "root.gn.bias"] = (w,)
-        cin = w
-        for si, (units, width) in enumerate(zip(arch.resnet_layers, arch.stage_widths())):
-            for ui in range(units):
-                u = f"{pre}stages.{si}.units.{ui}."
-                if ui == 0:
-                    s[u + "conv_proj.weight"] = (4 * width, cin, 1, 1)
-                    s[u + "gn_proj.weight"] = s[u + "gn_proj.bias"] = (4 * width,)
-                s[u + "conv1.weight"] = (width, cin, 1, 1)
-                s[u + "gn1.weight"] = s[u + "gn1.bias"] = (width,)
-                s[u + "conv2.weight"] = (width, width, 3, 3)
-                s[u + "gn2.weight"] = s[u + "gn2.bias"] = (width,)
-                s[u + "conv3.weight"] = (4 * width, width, 1, 1)
-                s[u + "gn3.weight"] = s[u + "gn3.bias"] = (4 * width,)
-                cin = 4 * width
-    s["patch_embed.proj.weight"] = (d, arch.embed_in_chans, k, k)
-    s["patch_embed.proj.bias"] = (d,)
-    if arch.global_pool == "token":
-        s["cls_token"] = (1, 1, d)
-    s["pos_embed"] = (1, arch.grid[0] * arch.grid[1] + arch.num_prefix_tokens, d)
-    for i in range(arch.depth):
-        b = f"blocks.{i}."
-        s[b + "norm1.weight"] = s[b + "norm1.bias"] = (d,)
-        s[b + "attn.qkv.weight"], s[b + "attn.qkv.bias"] = (d, 3 * d), (3 * d,)
-        s[b + "attn.proj.weight"], s[b + "attn.proj.bias"] = (d, d), (d,)
-        s[b + "norm2.weight"] = s[b + "norm2.bias"] = (d,)
-        s[b + "mlp.fc1.weight"], s[b + "mlp.fc1.bias"] = (d, m), (m,)
-        s[b + "mlp.fc2.weight"], s[b + "mlp.fc2.bias"] = (m, d), (d,)
-    s["norm.weight"] = s["norm.bias"] = (d,)
-    head_in = d
-    if arch.representation_size:
-        r = arch.representation_size
-        s["head0.weight"], s["head0.bias"] = (d, r), (r,)
-        head_in = r
-    s["head.weight"], s["head.bias"] = (head_in, arch.class_num), (arch.class_num,)
-    return s
+    return vit_spec.state_shapes(arch.spec)
 
 
 def square_grid(n_tokens, what):
@@ -194,7 +147,7 @@ def arch_from_state(state, source, num_heads=None, heads_hint="pass --num-heads"
                 u += 1
             layers.append(u)
         layers = tuple(layers)
-        stride = 4 * 2 ** (len(layers) - 1)
+        stride = vit_spec.stem_stride(layers)
     arch = Arch(embed_dim=d, depth=depth, num_heads=num_heads, mlp_dim=m, patch_size=k * stride,
                 in_chans=in_chans, grid=grid, class_num=classes, global_pool=pool,
                 representation_size=rep, resnet_layers=layers, resnet_width=width)
@@ -206,45 +159,15 @@ def arch_from_state(state, source, num_heads=None, heads_hint="pass --num-heads"
 # ----------------------------------------------------------------------------- naming / config
 def arch_label(arch, with_size=True):
     """Short human name: 'ViT-B/16 224px', 'R50+ViT-B/16 384px', 'ViT(d=32, ...) 16px'."""
-    letters = {"tiny": "Ti", "small": "S", "base": "B", "large": "L", "huge": "H"}
-    size = SIZES.get((arch.embed_dim, arch.depth, arch.num_heads, arch.mlp_dim))
-    core = (f"ViT-{letters[size]}/{arch.patch_size}" if size else
-            f"ViT(d={arch.embed_dim}, depth={arch.depth}, heads={arch.num_heads}, "
-            f"mlp={arch.mlp_dim}, patch={arch.patch_size})")
-    if arch.resnet_layers is not None:
-        core = f"R{arch.resnet_layers}x{arch.resnet_width}+{core}"
-        if arch.resnet_layers == R50_LAYERS and arch.resnet_width == 64:
-            core = "R50+" + core.split("+", 1)[1]
+    core = vit_spec.label(arch.spec)
     return f"{core} {arch.img_size}px" if with_size else core
 
 
 def factory_name(arch):
-    """Name of a registered factory whose preset builds exactly `arch`, or None.
-
-    Data-driven: compares the factories' defaults (their `preset`) with the architecture, so
-    e.g. ViT-H/14 at the "384" setting (378 px, see vit.py) is found too.
-    """
-    from .. import models  # noqa: F401  (registers the factories)
-    from ..registry import MODELS
+    """Name of the named variant (vit_spec.VARIANTS) that builds exactly `arch`, or None."""
     if arch.grid[0] != arch.grid[1]:
         return None
-    want = {"img_size": arch.img_size, "patch_size": arch.patch_size, "in_chans": arch.in_chans,
-            "embed_dim": arch.embed_dim, "depth": arch.depth, "num_heads": arch.num_heads,
-            "mlp_ratio": arch.mlp_dim / arch.embed_dim, "qkv_bias": True}
-    if arch.resnet_layers is not None:
-        want.update(resnet_layers=list(arch.resnet_layers), resnet_width=arch.resnet_width)
-    for name in MODELS.names():
-        if getattr(MODELS.get(name), "preset", None) is None:
-            continue
-        params = MODELS.parameters(name) or {}
-        if ("resnet_layers" in params) != (arch.resnet_layers is not None):
-            continue
-        defaults = {k: p.default for k, p in params.items()}
-        if isinstance(defaults.get("resnet_layers"), tuple):
-            defaults["resnet_layers"] = list(defaults["resnet_layers"])
-        if all(defaults.get(k) == v for k, v in want.items()):
-            return name
-    return None
+    return vit_spec.variant_name(arch.spec)
 
 
 def model_config(arch, act="gelu_tanh", epsilon=1e-6):
@@ -252,10 +175,10 @@ def model_config(arch, act="gelu_tanh", epsilon=1e-6):
     name = factory_name(arch)
     cfg = {"name": name}
     if name is None:
+        spec = arch.spec.config()
         cfg["name"] = "VisionTransformer" if arch.resnet_layers is None else "ViTHybrid"
-        cfg.update(img_size=arch.img_size, patch_size=arch.patch_size, in_chans=arch.in_chans,
-                   embed_dim=arch.embed_dim, depth=arch.depth, num_heads=arch.num_heads,
-                   mlp_ratio=arch.mlp_dim / arch.embed_dim)
+        cfg.update({k: spec[k] for k in ("img_size", "patch_size", "in_chans", "embed_dim",
+                                          "depth", "num_heads", "mlp_ratio")})
         if arch.resnet_layers is not None:
             cfg.update(resnet_layers=list(arch.resnet_layers), resnet_width=arch.resnet_width)
     cfg["class_num"] = arch.class_num

@@ -45,10 +45,11 @@ import zipfile
 import numpy as np
 
 from ..errors import ConfigError, DataError
+from .. import vit_spec
 from .common import (Arch, arch_from_state, arch_label, check_layout, dump_model_yaml,
                      load_pdparams, model_config, name_list, pdparams_path, require_file,
-                     save_pdparams_writer, square_grid, strip_pdparams, summary, text_writer,
-                     write_outputs)
+                     save_pdparams_writer, square_grid, state_shapes, strip_pdparams, summary,
+                     text_writer, write_outputs)
 
 PRE_LINEN = {"MultiHeadDotProductAttention_0": "MultiHeadDotProductAttention_1",
              "LayerNorm_1": "LayerNorm_2", "MlpBlock_0": "MlpBlock_3"}
@@ -190,7 +191,7 @@ def infer_arch(params, source):
         if not layers:
             raise ConfigError(f"{source}: missing arrays: block1/unit1/conv1/kernel")
         layers = tuple(layers)
-        stride = 4 * 2 ** (len(layers) - 1)
+        stride = vit_spec.stem_stride(layers)
     depth = 0
     while f"Transformer/encoderblock_{depth}/LayerNorm_0/scale" in params:
         depth += 1
@@ -222,176 +223,125 @@ def infer_arch(params, source):
     return arch
 
 
+def _blk(m):
+    return f"Transformer/encoderblock_{m[1]}/"
+
+
+def _unit(m):  # official stem indices are 1-based, ours 0-based
+    return f"block{int(m[1]) + 1}/unit{int(m[2]) + 1}/"
+
+
+NORM = {"weight": "scale", "bias": "bias"}
+DENSE = {"weight": "kernel", "bias": "bias"}
+QKV = ("query", "key", "value")
+POS = "Transformer/posembed_input/pos_embedding"
+# Our name (regex, whole name) -> official name, and how the array changes: 'conv' HWIO <-> OIHW,
+# 'gn' (C,) <-> released (1,1,1,C), 'qkv' one fused array <-> query/key/value ('{}' in the
+# name), 'out' (D, D) <-> (H, Dh, D), 'same' unchanged. Our names come from vit_spec.
+RULES = tuple((re.compile(r), name, kind) for r, name, kind in (
+    (r"patch_embed\.backbone\.root\.conv\.weight", lambda m: "conv_root/kernel", "conv"),
+    (r"patch_embed\.backbone\.root\.gn\.(weight|bias)", lambda m: f"gn_root/{NORM[m[1]]}", "gn"),
+    (r"patch_embed\.backbone\.stages\.(\d+)\.units\.(\d+)\.(conv\w*)\.weight",
+     lambda m: f"{_unit(m)}{m[3]}/kernel", "conv"),
+    (r"patch_embed\.backbone\.stages\.(\d+)\.units\.(\d+)\.(gn\w*)\.(weight|bias)",
+     lambda m: f"{_unit(m)}{m[3]}/{NORM[m[4]]}", "gn"),
+    (r"patch_embed\.proj\.weight", lambda m: "embedding/kernel", "conv"),
+    (r"patch_embed\.proj\.bias", lambda m: "embedding/bias", "same"),
+    (r"cls_token", lambda m: "cls", "same"),
+    (r"pos_embed", lambda m: POS, "same"),
+    (r"blocks\.(\d+)\.norm1\.(weight|bias)", lambda m: f"{_blk(m)}LayerNorm_0/{NORM[m[2]]}",
+     "same"),
+    (r"blocks\.(\d+)\.attn\.qkv\.(weight|bias)", lambda m: f"{_blk(m)}{ATT}/{{}}/{DENSE[m[2]]}",
+     "qkv"),
+    (r"blocks\.(\d+)\.attn\.proj\.weight", lambda m: f"{_blk(m)}{ATT}/out/kernel", "out"),
+    (r"blocks\.(\d+)\.attn\.proj\.bias", lambda m: f"{_blk(m)}{ATT}/out/bias", "same"),
+    (r"blocks\.(\d+)\.norm2\.(weight|bias)", lambda m: f"{_blk(m)}{LN2}/{NORM[m[2]]}", "same"),
+    (r"blocks\.(\d+)\.mlp\.fc([12])\.(weight|bias)",
+     lambda m: f"{_blk(m)}{MLP}/Dense_{int(m[2]) - 1}/{DENSE[m[3]]}", "same"),
+    (r"norm\.(weight|bias)", lambda m: f"Transformer/encoder_norm/{NORM[m[1]]}", "same"),
+    (r"head0\.(weight|bias)", lambda m: f"pre_logits/{DENSE[m[1]]}", "same"),
+    (r"head\.(weight|bias)", lambda m: f"head/{DENSE[m[1]]}", "same"),
+))
+
+
+def name_map(arch):
+    """[(our name, [official names], kind)] for every array of `arch`, in our layout's order."""
+    out = []
+    for ours in state_shapes(arch):
+        name, kind = next((name(m), kind) for r, name, kind in RULES
+                          for m in [r.fullmatch(ours)] if m)
+        out.append((ours, [name.format(n) for n in QKV] if kind == "qkv" else [name], kind))
+    return out
+
+
+def _to_official(a, kind, heads):
+    """One of our arrays -> its official array(s), in the released layout."""
+    if kind == "conv":
+        return [np.ascontiguousarray(a.transpose(2, 3, 1, 0))]
+    if kind == "gn":
+        return [a.reshape(1, 1, 1, -1)]
+    if kind == "qkv":  # columns q | k | v, each head-major
+        d = a.shape[-1] // 3
+        split = a.reshape(-1, 3, heads, d // heads) if a.ndim == 2 else a.reshape(3, heads, -1)
+        return [split[:, j] if a.ndim == 2 else split[j] for j in range(3)]
+    if kind == "out":
+        return [a.reshape(heads, -1, a.shape[1])]
+    return [a]
+
+
+def _to_ours(arrays, kind):
+    """The official array(s) of one of our names -> our array."""
+    if kind == "conv":
+        return np.ascontiguousarray(arrays[0].transpose(3, 2, 0, 1))
+    if kind == "gn":
+        return arrays[0].reshape(-1)
+    if kind == "qkv":
+        d = arrays[0].shape[0] if arrays[0].ndim == 3 else None
+        return np.concatenate([x.reshape(d, -1) if d else x.reshape(-1) for x in arrays],
+                              axis=1 if d else 0)
+    if kind == "out":
+        return arrays[0].reshape(-1, arrays[0].shape[-1])
+    return arrays[0]
+
+
 def official_shapes(arch, released=False):
     """{key: shape} of the official layout (pre-Linen names).
 
     released=True: exactly what `ours_to_official` writes (class row in the pos-embedding,
     GroupNorm (1,1,1,C)); otherwise the canonical form that `canonicalize` produces for `arch`.
     """
-    d, h, m = arch.embed_dim, arch.num_heads, arch.mlp_dim
-    dh = d // h
-    s = {}
-    if arch.resnet_layers is not None:
-        def gn(name, c):
-            shape = (1, 1, 1, c) if released else (c,)
-            s[name + "/scale"] = s[name + "/bias"] = shape
-
-        w = arch.resnet_width
-        s["conv_root/kernel"] = (7, 7, arch.in_chans, w)
-        gn("gn_root", w)
-        cin = w
-        for si, (units, width) in enumerate(zip(arch.resnet_layers, arch.stage_widths()), 1):
-            for u in range(1, units + 1):
-                pre = f"block{si}/unit{u}/"
-                s[pre + "conv1/kernel"] = (1, 1, cin, width)
-                gn(pre + "gn1", width)
-                s[pre + "conv2/kernel"] = (3, 3, width, width)
-                gn(pre + "gn2", width)
-                s[pre + "conv3/kernel"] = (1, 1, width, 4 * width)
-                gn(pre + "gn3", 4 * width)
-                if u == 1:
-                    s[pre + "conv_proj/kernel"] = (1, 1, cin, 4 * width)
-                    gn(pre + "gn_proj", 4 * width)
-                cin = 4 * width
-    k = arch.embed_kernel
-    s["embedding/kernel"] = (k, k, arch.embed_in_chans, d)
-    s["embedding/bias"] = (d,)
-    if arch.global_pool == "token":
-        s["cls"] = (1, 1, d)
-    n_grid = arch.grid[0] * arch.grid[1]
+    shapes, s = state_shapes(arch), {}
+    for ours, names, kind in name_map(arch):
+        parts = _to_official(np.empty(shapes[ours], np.uint8), kind, arch.num_heads)
+        if kind == "gn" and not released:
+            parts = [p.reshape(-1) for p in parts]
+        s.update((n, p.shape) for n, p in zip(names, parts))
     if arch.extra.get("big_vision_pos") and not released:
-        s["pos_embedding"] = (1, n_grid, d)
-    else:
-        s["Transformer/posembed_input/pos_embedding"] = (1, n_grid + arch.num_prefix_tokens, d)
-    for i in range(arch.depth):
-        b = f"Transformer/encoderblock_{i}/"
-        s[b + "LayerNorm_0/scale"] = s[b + "LayerNorm_0/bias"] = (d,)
-        for name in ("query", "key", "value"):
-            s[f"{b}{ATT}/{name}/kernel"] = (d, h, dh)
-            s[f"{b}{ATT}/{name}/bias"] = (h, dh)
-        s[f"{b}{ATT}/out/kernel"] = (h, dh, d)
-        s[f"{b}{ATT}/out/bias"] = (d,)
-        s[f"{b}{LN2}/scale"] = s[f"{b}{LN2}/bias"] = (d,)
-        s[f"{b}{MLP}/Dense_0/kernel"], s[f"{b}{MLP}/Dense_0/bias"] = (d, m), (m,)
-        s[f"{b}{MLP}/Dense_1/kernel"], s[f"{b}{MLP}/Dense_1/bias"] = (m, d), (d,)
-    s["Transformer/encoder_norm/scale"] = s["Transformer/encoder_norm/bias"] = (d,)
-    head_in = d
-    if arch.representation_size:
-        r = arch.representation_size
-        s["pre_logits/kernel"], s["pre_logits/bias"] = (d, r), (r,)
-        head_in = r
-    s["head/kernel"], s["head/bias"] = (head_in, arch.class_num), (arch.class_num,)
+        n_grid = arch.grid[0] * arch.grid[1]
+        del s[POS]
+        s["pos_embedding"] = (1, n_grid, arch.embed_dim)
     return s
-
-
-# ----------------------------------------------------------------------------- mapping
-def _stem_pairs(arch):
-    """(official prefix, our prefix, kind) for every stem conv / GroupNorm."""
-    pre = "patch_embed.backbone."
-    yield "conv_root", pre + "root.conv", "conv"
-    yield "gn_root", pre + "root.gn", "gn"
-    for si, units in enumerate(arch.resnet_layers):
-        for ui in range(units):
-            o, t = f"block{si + 1}/unit{ui + 1}/", f"{pre}stages.{si}.units.{ui}."
-            names = ["1", "2", "3"] + (["_proj"] if ui == 0 else [])
-            for n in names:
-                yield f"{o}conv{n}", f"{t}conv{n}", "conv"
-                yield f"{o}gn{n}", f"{t}gn{n}", "gn"
-
-
-def _hwio_to_oihw(k):
-    return np.ascontiguousarray(k.transpose(3, 2, 0, 1))
-
-
-def _oihw_to_hwio(w):
-    return np.ascontiguousarray(w.transpose(2, 3, 1, 0))
 
 
 def official_to_ours(params, arch):
     """Our state dict (float32 numpy) from canonical official params."""
-    p, d = params, arch.embed_dim
-    s = {}
-    if arch.resnet_layers is not None:
-        for off, our, kind in _stem_pairs(arch):
-            if kind == "conv":
-                s[our + ".weight"] = _hwio_to_oihw(p[off + "/kernel"])
-            else:
-                s[our + ".weight"] = p[off + "/scale"].reshape(-1)
-                s[our + ".bias"] = p[off + "/bias"].reshape(-1)
-    s["patch_embed.proj.weight"] = _hwio_to_oihw(p["embedding/kernel"])
-    s["patch_embed.proj.bias"] = p["embedding/bias"]
-    if arch.global_pool == "token":
-        s["cls_token"] = p["cls"]
+    p, d = dict(params), arch.embed_dim
     if "pos_embedding" in p:  # big_vision: no class row; the class token gets no position
-        pos = p["pos_embedding"]
+        pos = p.pop("pos_embedding")
         if arch.global_pool == "token":
             pos = np.concatenate([np.zeros((1, 1, d), np.float32), pos], axis=1)
-        s["pos_embed"] = pos
-    else:
-        s["pos_embed"] = p["Transformer/posembed_input/pos_embedding"]
-    for i in range(arch.depth):
-        o, t = f"Transformer/encoderblock_{i}/", f"blocks.{i}."
-        s[t + "norm1.weight"] = p[o + "LayerNorm_0/scale"]
-        s[t + "norm1.bias"] = p[o + "LayerNorm_0/bias"]
-        a = o + ATT + "/"
-        s[t + "attn.qkv.weight"] = np.concatenate(
-            [p[a + n + "/kernel"].reshape(d, d) for n in ("query", "key", "value")], axis=1)
-        s[t + "attn.qkv.bias"] = np.concatenate(
-            [p[a + n + "/bias"].reshape(d) for n in ("query", "key", "value")])
-        s[t + "attn.proj.weight"] = p[a + "out/kernel"].reshape(d, d)
-        s[t + "attn.proj.bias"] = p[a + "out/bias"]
-        s[t + "norm2.weight"], s[t + "norm2.bias"] = p[o + LN2 + "/scale"], p[o + LN2 + "/bias"]
-        for j in (0, 1):
-            s[t + f"mlp.fc{j + 1}.weight"] = p[o + f"{MLP}/Dense_{j}/kernel"]
-            s[t + f"mlp.fc{j + 1}.bias"] = p[o + f"{MLP}/Dense_{j}/bias"]
-    s["norm.weight"] = p["Transformer/encoder_norm/scale"]
-    s["norm.bias"] = p["Transformer/encoder_norm/bias"]
-    if arch.representation_size:
-        s["head0.weight"], s["head0.bias"] = p["pre_logits/kernel"], p["pre_logits/bias"]
-    s["head.weight"], s["head.bias"] = p["head/kernel"], p["head/bias"]
-    return {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in s.items()}
+        p[POS] = pos
+    return {ours: np.ascontiguousarray(_to_ours([p[n] for n in names], kind), dtype=np.float32)
+            for ours, names, kind in name_map(arch)}
 
 
 def ours_to_official(state, arch):
     """The released npz layout from one of our state dicts (float32, pre-Linen names)."""
-    d, h = arch.embed_dim, arch.num_heads
-    dh = d // h
-    s = {k: np.asarray(v, dtype=np.float32) for k, v in state.items()}  # PLSC O2 files are fp16
-    p = {}
-    if arch.resnet_layers is not None:
-        for off, our, kind in _stem_pairs(arch):
-            if kind == "conv":
-                p[off + "/kernel"] = _oihw_to_hwio(s[our + ".weight"])
-            else:
-                p[off + "/scale"] = s[our + ".weight"].reshape(1, 1, 1, -1)
-                p[off + "/bias"] = s[our + ".bias"].reshape(1, 1, 1, -1)
-    p["embedding/kernel"] = _oihw_to_hwio(s["patch_embed.proj.weight"])
-    p["embedding/bias"] = s["patch_embed.proj.bias"]
-    if arch.global_pool == "token":
-        p["cls"] = s["cls_token"]
-    p["Transformer/posembed_input/pos_embedding"] = s["pos_embed"]
-    for i in range(arch.depth):
-        o, t = f"Transformer/encoderblock_{i}/", f"blocks.{i}."
-        p[o + "LayerNorm_0/scale"] = s[t + "norm1.weight"]
-        p[o + "LayerNorm_0/bias"] = s[t + "norm1.bias"]
-        a = o + ATT + "/"
-        qkv_w = s[t + "attn.qkv.weight"].reshape(d, 3, h, dh)
-        qkv_b = s[t + "attn.qkv.bias"].reshape(3, h, dh)
-        for j, n in enumerate(("query", "key", "value")):
-            p[a + n + "/kernel"] = qkv_w[:, j]
-            p[a + n + "/bias"] = qkv_b[j]
-        p[a + "out/kernel"] = s[t + "attn.proj.weight"].reshape(h, dh, d)
-        p[a + "out/bias"] = s[t + "attn.proj.bias"]
-        p[o + LN2 + "/scale"], p[o + LN2 + "/bias"] = s[t + "norm2.weight"], s[t + "norm2.bias"]
-        for j in (0, 1):
-            p[o + f"{MLP}/Dense_{j}/kernel"] = s[t + f"mlp.fc{j + 1}.weight"]
-            p[o + f"{MLP}/Dense_{j}/bias"] = s[t + f"mlp.fc{j + 1}.bias"]
-    p["Transformer/encoder_norm/scale"] = s["norm.weight"]
-    p["Transformer/encoder_norm/bias"] = s["norm.bias"]
-    if arch.representation_size:
-        p["pre_logits/kernel"], p["pre_logits/bias"] = s["head0.weight"], s["head0.bias"]
-    p["head/kernel"], p["head/bias"] = s["head.weight"], s["head.bias"]
-    return {k: np.ascontiguousarray(v) for k, v in p.items()}
+    out = {}
+    for ours, names, kind in name_map(arch):
+        a = np.asarray(state[ours], dtype=np.float32)  # PLSC O2 files are fp16
+        out.update(zip(names, _to_official(a, kind, arch.num_heads)))
+    return {k: np.ascontiguousarray(v) for k, v in out.items()}
 
 
 # ----------------------------------------------------------------------------- entry points
