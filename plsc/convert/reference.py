@@ -141,11 +141,8 @@ def check_conversion(params, state, model_cfg, arch, log=print, seed=0, batch=2,
     with paddle.no_grad():
         tokens = model.forward_features(paddle.to_tensor(x))
         logits = model.forward_head(tokens).numpy().astype(np.float64)
-        # The head's input: pooled tokens, then the model's own pre-logits layer (Linear + tanh).
-        pooled = tokens[:, 0] if arch.global_pool == "token" else tokens.mean(1)
-        if arch.representation_size:
-            pooled = paddle.tanh(model.head0(pooled))
-        pooled = pooled.numpy().astype(np.float64)
+        # The head's input as the model computes it (pooling, then pre-logits if any).
+        pooled = model.forward_head(tokens, pre_logits=True).numpy().astype(np.float64)
         tokens = tokens.numpy().astype(np.float64)
     head_zero = not np.any(params["head/kernel"]) and not np.any(params["head/bias"])
     if head_zero:

@@ -26,11 +26,12 @@ from .common import (arch_from_state, arch_label, check_layout, dump_model_yaml,
 
 RENAMES = {"head0.weight": "pre_logits.fc.weight", "head0.bias": "pre_logits.fc.bias"}
 RENAMES_BACK = {v: k for k, v in RENAMES.items()}
-LINEAR_SUFFIXES = ("attn.qkv.weight", "attn.proj.weight", "mlp.fc1.weight", "mlp.fc2.weight")
 
 
-def _is_linear_weight(our_name):
-    return our_name.endswith(LINEAR_SUFFIXES) or our_name in ("head.weight", "head0.weight")
+def _is_linear_weight(our_name, ndim):
+    """In our layout (vit_spec.state_shapes) every 2-D weight is a Linear's: norms are 1-D,
+    convs 4-D, the embeddings 3-D."""
+    return our_name.endswith(".weight") and ndim == 2
 
 
 def timm_name(our_name):
@@ -42,7 +43,7 @@ def timm_to_ours(tensors):
     out = {}
     for k, v in tensors.items():
         ours = RENAMES_BACK.get(k, k)
-        if _is_linear_weight(ours) and v.ndim == 2:
+        if _is_linear_weight(ours, v.ndim):
             v = v.T
         out[ours] = np.ascontiguousarray(v, dtype=np.float32)
     return out
@@ -52,12 +53,12 @@ def ours_to_timm(state):
     out = {}
     for k, v in state.items():
         v = np.asarray(v, dtype=np.float32)
-        out[timm_name(k)] = np.ascontiguousarray(v.T if _is_linear_weight(k) else v)
+        out[timm_name(k)] = np.ascontiguousarray(v.T if _is_linear_weight(k, v.ndim) else v)
     return out
 
 
 def timm_shapes(arch):
-    return {timm_name(k): (tuple(reversed(s)) if _is_linear_weight(k) else s)
+    return {timm_name(k): (tuple(reversed(s)) if _is_linear_weight(k, len(s)) else s)
             for k, s in state_shapes(arch).items()}
 
 
