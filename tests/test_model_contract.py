@@ -119,11 +119,16 @@ def test_new_variant_is_one_table_line(name, table_with, tmp_path):
     assert flops.model_info(name)["params"] == sum(v.size for v in state.values())
     # ours -> official npz -> ours: named after the new variant, bit-exact
     src = str(tmp_path / "m.npz")
-    np.savez(src, **npz.ours_to_official(state, arch_from_state(state, "m", num_heads=spec.num_heads)))
+    arch = arch_from_state(state, "m", num_heads=spec.num_heads)
+    np.savez(src, **npz.ours_to_official(state, arch))
     res = npz.npz_to_paddle(src, str(tmp_path / "m"), check=True, log=lambda *a: None)
     assert res["model_config"]["name"] == name
     for k, v in state.items():
         np.testing.assert_array_equal(res["state"][k], v)
     if spec.resnet_layers is None:  # timm has no hybrid export
-        back = timm.timm_to_ours(timm.ours_to_timm(state))
+        named = timm.ours_to_timm(state)
+        for k, w in named.items():  # torch Linear weights are [out, in]: rows = bias length
+            if w.ndim == 2:
+                assert w.shape[0] == named[k[:-len("weight")] + "bias"].shape[0], k
+        back = timm.timm_to_ours(named)
         assert {k: v.tolist() for k, v in back.items()} == {k: v.tolist() for k, v in state.items()}
