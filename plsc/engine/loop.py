@@ -199,7 +199,7 @@ def run(t):
              f"{t.ctx.out_dir}")
     t.ctx.scalars.close()
     return {"best_top1": s.best_top1, "best_epoch": s.best_epoch, "global_step": s.global_step,
-            "epoch": s.epoch, "ips": ips}
+            "epoch": s.epoch, "images": progress.images * world, "ips": ips}
 
 
 def train(cfg):
