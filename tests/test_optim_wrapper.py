@@ -8,7 +8,7 @@ import numpy as np
 import paddle
 
 from plsc.engine.amp import Amp
-from plsc.engine.distributed import World, init, wrap_model
+from plsc.engine.distributed import World, init, wrap_model  # noqa: F401 (init: rank script)
 from plsc.engine.optim_wrapper import OptimWrapper
 from plsc.optim import build_lr_scheduler, build_optimizer
 from tiny import ROOT
