@@ -42,7 +42,8 @@ def bench_train(args):
     import yaml
 
     from ..config import get_config
-    from ..engine import Engine
+    from ..engine import build_trainer
+    from ..engine.loop import run_iter
     from ..loss import build_loss
     from ..optim import build_lr_scheduler, build_optimizer
 
@@ -51,48 +52,31 @@ def bench_train(args):
         with open(path, "w") as f:
             yaml.safe_dump(_train_config(args.model, args.batch_size, args.img_size, tmp), f)
         cfg = get_config(path)
-        engine = Engine(cfg, "train")
-        engine.logger.setLevel("WARNING")
+        trainer = build_trainer(cfg)
+        trainer.logger.setLevel("WARNING")
         rng = np.random.default_rng(0)
         images = paddle.to_tensor(rng.standard_normal(
             (args.batch_size, 3, args.img_size, args.img_size)).astype("float32"))
         labels = paddle.to_tensor(rng.integers(0, 1000, args.batch_size).astype("int64"))
-        batch = (images, labels)
 
-        # The engine's own loop, fed from memory so that only the loop itself is compared.
-        def engine_steps(n):
-            engine.train_data.loader = [batch] * n
-            engine.steps_per_epoch, engine.micro_in_epoch = n, 0
-            t = time.perf_counter()
-            engine._train_epoch(args.batch_size)
-            return time.perf_counter() - t
-
-        # A bare Paddle loop: same model, loss, optimizer, clipping and LR schedule.
-        model = engine.model
+        # A bare Paddle step: same model, loss, optimizer, clipping and LR schedule.
+        model = trainer.model
         loss_fn = build_loss(cfg.Loss.Train)
         lr = build_lr_scheduler(dict(cfg.LRScheduler), 1, 10**6)
         opt, clip = build_optimizer(dict(cfg.Optimizer), lr, model)
         params = [p for p in model.parameters() if not p.stop_gradient]
 
-        def bare_steps(n):
-            t = time.perf_counter()
-            for _ in range(n):
-                loss = loss_fn(model(images), labels)["loss"]
-                loss.backward()
-                clip(params)
-                opt.step()
-                opt.clear_grad()
-                lr.step()
-            float(loss)
-            return time.perf_counter() - t
+        def bare_step():
+            loss_fn(model(images), labels)["loss"].backward()
+            clip(params)
+            opt.step()
+            opt.clear_grad()
+            lr.step()
 
-        engine_steps(2), bare_steps(2)  # warm-up
-        bare, eng = [], []
-        for _ in range(args.repeats):  # interleaved so drift hits both alike
-            bare.append(bare_steps(args.steps))
-            eng.append(engine_steps(args.steps))
-        ips_bare = args.batch_size * args.steps / statistics.median(bare)
-        ips_eng = args.batch_size * args.steps / statistics.median(eng)
+        # The engine's own train step, fed from memory so that only the step itself is compared.
+        ips = _timed({"bare": bare_step, "engine": lambda: run_iter(trainer, images, labels)},
+                     args.batch_size, args.steps, args.repeats)
+        ips_bare, ips_eng = ips["bare"], ips["engine"]
         threads = os.environ.get("OMP_NUM_THREADS", "?")
         print(f"train {args.model} {args.img_size}px batch {args.batch_size}, "
               f"{args.steps} steps x {args.repeats}, {threads} thread(s):")

@@ -16,9 +16,9 @@ def main():
         if not g.pretrained_model:
             g.pretrained_model = g.checkpoint
         use_all_cores()
-        from ..engine import Engine
+        from ..engine import evaluate
 
-        result = Engine(cfg, mode="eval").evaluate()
+        result = evaluate(cfg)
         print("eval: " + ", ".join(f"{k}={v:.5f}" for k, v in result.items()))
 
     run(_main)

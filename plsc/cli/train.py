@@ -8,9 +8,9 @@ def main():
         args = build_parser("Train a model from a plsc config.").parse_args()
         cfg = config_from_args(args)
         use_all_cores()
-        from ..engine import Engine
+        from ..engine import train
 
-        Engine(cfg, mode="train").train()
+        train(cfg)
 
     run(_main)
 

@@ -11,6 +11,7 @@ On a CPU-only build these APIs are silent no-ops (measured), so we say so once a
 """
 import contextlib
 
+import numpy as np
 import paddle
 
 # Ops kept in fp32 whatever the level: numerically fragile in half precision.
@@ -51,6 +52,20 @@ class Amp:
             self.scaler.load_state_dict(state)
 
 
+def loss_scale(scaler):
+    """The current loss scale (None without a scaler), read through the public state_dict."""
+    state = scaler.state_dict() if scaler is not None else {}
+    return float(np.asarray(state["scale"]).reshape(-1)[0]) if "scale" in state else None
+
+
+def for_eval(fp16_cfg):
+    """Precision for evaluation: autocast only (no scaler, no decorated optimizer)."""
+    level = (fp16_cfg or {}).get("level", "O0")
+    if level in ("O1", "O2") and gpu_available():
+        return Amp(level, fp16_cfg.get("dtype", "float16"))
+    return Amp()
+
+
 def setup(fp16_cfg, model, optimizer, logger):
     """Returns (model, optimizer, Amp). Decorates for O2; warns once and disables on CPU."""
     level = (fp16_cfg or {}).get("level", "O0")
@@ -69,6 +84,7 @@ def setup(fp16_cfg, model, optimizer, logger):
     if dtype == "float16":
         gs = dict(fp16_cfg.get("GradScaler") or {})
         scaler = paddle.amp.GradScaler(**gs)
-    logger.info(f"AMP {level} {dtype}" + (f", loss scale {scaler._scale.item():g}" if scaler else ""))
+    scale = loss_scale(scaler)
+    logger.info(f"AMP {level} {dtype}" + (f", loss scale {scale:g}" if scale is not None else ""))
     return model, optimizer, Amp(level, dtype, scaler, fp16_cfg.get("fp16_custom_white_list", ()),
                                  fp16_cfg.get("fp16_custom_black_list", ()))

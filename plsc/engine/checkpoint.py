@@ -1,19 +1,22 @@
-"""Checkpoints: `{dir}/{prefix}.{pdparams,pdopt,pdstates}`, written so a crash never loses the
-last good set.
+"""Checkpoints: what one holds, how it is written so a crash never loses the last good set, and
+how it is restored (capture() and restore() are the two halves of the same list).
 
+A set is `{dir}/{prefix}.{pdparams,pdopt,pdstates}`:
 - .pdparams: the model state dict in fp32 (loadable by PLSC and by our converters).
 - .pdopt: optimizer state keyed by the model's *structured* parameter names (Paddle keys it by
   auto-generated names like `linear_3.w_0`, which change with build order), the LR scheduler,
   and the loss scaler.
-- .pdstates: epoch, position inside the epoch, global step, best metric, seed, every rank's RNG,
-  and the CRC32 of the .pdparams/.pdopt it belongs to.
+- .pdstates: JSON. Run position (epochs done, micro-batches done in the next one, global step),
+  best metric (null before any evaluation), seed, every rank's RNG, and the CRC32 of the
+  .pdparams/.pdopt it belongs to.
 Saving writes all three to temporary files first, keeps a hard-linked backup of the previous
-set, renames the new files in (.pdstates last), then drops the backup. Loading checks the CRCs:
-a set torn by a crash between renames is detected and the backup is used instead.
+set, renames the new files in (.pdstates last), fsyncs the directory so the renames survive a
+power loss, then drops the backup. Loading checks the CRCs: a set torn by a crash between renames
+is detected and the backup is used instead.
 """
 import glob
+import json
 import os
-import pickle
 import re
 import zlib
 
@@ -21,19 +24,44 @@ import numpy as np
 import paddle
 
 from ..errors import ConfigError
+from . import distributed, rng
 
 EXTS = (".pdparams", ".pdopt", ".pdstates")
+STATES_FORMAT = "plsc-states-1"
 
 
-def _write(obj, path):
-    if path.endswith(".pdstates"):
-        # plain pickle: paddle.load would try to turn the numpy RNG state (uint32) into a tensor
-        with open(path, "wb") as f:
-            pickle.dump(obj, f, protocol=4)
-    else:
-        paddle.save(obj, path)
+# The only two places that (un)pickle checkpoint files: a restricted loader swaps in here.
+def _dump(obj, path):
+    paddle.save(obj, path)
+
+
+def _load(path):
+    return paddle.load(path)
+
+
+def _fsync_file(path):
     with open(path, "rb+") as f:
         os.fsync(f.fileno())
+
+
+def _fsync_dir(directory):
+    """Make renames inside `directory` durable (a rename lives in the directory's data)."""
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_states(states, path):
+    with open(path, "w") as f:
+        json.dump(states, f)
+
+
+def load_states(prefix):
+    """The .pdstates dict (JSON written by plsc)."""
+    with open(strip_prefix(prefix) + ".pdstates") as f:
+        return json.load(f)
 
 
 def _crc(path):
@@ -84,7 +112,8 @@ def load_optimizer_state(optimizer, model, state):
     optimizer.set_state_dict(_rename_keys(state, to_paddle))
 
 
-def save(directory, prefix, model, optimizer=None, lr_scheduler=None, amp=None, states=None):
+def write_set(directory, prefix, objs, states):
+    """Atomically replace the set `directory/prefix` with `objs` ({ext: obj}) + `states`."""
     os.makedirs(directory, exist_ok=True)
     base = os.path.join(directory, prefix)
     # Only rank 0 writes, so any other `.tmp-*` of this prefix is left by a process that was
@@ -93,16 +122,13 @@ def save(directory, prefix, model, optimizer=None, lr_scheduler=None, amp=None, 
         os.remove(stale)
     tmp = f"{base}.tmp-{os.getpid()}"
     bak = _backup_prefix(base)
-    objs = {".pdparams": fp32_state_dict(model)}
-    if optimizer is not None:
-        objs[".pdopt"] = {"optimizer": optimizer_state(optimizer, model),
-                          "lr_scheduler": lr_scheduler.state_dict() if lr_scheduler else None,
-                          "scaler": amp.state_dict() if amp is not None else {}}
     try:
         for ext, obj in objs.items():
-            _write(obj, tmp + ext)
-        states = dict(states or {}, files={ext: _crc(tmp + ext) for ext in objs})
-        _write(states, tmp + ".pdstates")
+            _dump(obj, tmp + ext)
+            _fsync_file(tmp + ext)
+        states = dict(states, files={ext: _crc(tmp + ext) for ext in objs})
+        _write_states(states, tmp + ".pdstates")
+        _fsync_file(tmp + ".pdstates")
         exts = list(objs) + [".pdstates"]
         if all(os.path.exists(base + e) for e in exts):
             for ext in exts:  # the old set stays reachable until the new one is complete
@@ -110,6 +136,7 @@ def save(directory, prefix, model, optimizer=None, lr_scheduler=None, amp=None, 
                 os.replace(tmp + ".bak" + ext, bak + ext)
         for ext in exts:
             os.replace(tmp + ext, base + ext)
+        _fsync_dir(directory)
         remove(bak)
     finally:
         for path in glob.glob(glob.escape(tmp) + "*"):
@@ -131,8 +158,8 @@ def torn_reason(prefix):
             return f"{prefix + ext} not found"
     try:
         files = load_states(prefix).get("files", {})
-    except Exception as e:  # a truncated pickle raises many different types
-        return f"{prefix}.pdstates is unreadable ({type(e).__name__})"
+    except (ValueError, UnicodeDecodeError, AttributeError):  # truncated or not plsc JSON
+        return f"{prefix}.pdstates is unreadable (not a complete plsc states file)"
     for ext, crc in files.items():
         if _crc(prefix + ext) != crc:
             return f"{prefix + ext} does not belong to {prefix}.pdstates (torn save)"
@@ -140,7 +167,8 @@ def torn_reason(prefix):
 
 
 def load_resume(prefix, log=None):
-    """Read a full checkpoint set for resuming; a torn set falls back to its backup."""
+    """Read a full checkpoint set for resuming; a torn set falls back to its backup.
+    Returns (model state, .pdopt dict, states dict)."""
     prefix = strip_prefix(prefix)
     reason = torn_reason(prefix)
     if reason is not None:
@@ -152,13 +180,7 @@ def load_resume(prefix, log=None):
         else:
             raise ConfigError(f"Global.checkpoint: {reason} "
                               f"(resume needs {', '.join(os.path.basename(prefix) + e for e in EXTS)})")
-    return paddle.load(prefix + ".pdparams"), paddle.load(prefix + ".pdopt"), load_states(prefix)
-
-
-def load_states(prefix):
-    """The .pdstates dict (a pickle of plain Python/numpy values written by plsc itself)."""
-    with open(strip_prefix(prefix) + ".pdstates", "rb") as f:
-        return pickle.load(f)
+    return _load(prefix + ".pdparams"), _load(prefix + ".pdopt"), load_states(prefix)
 
 
 def set_model_state(model, state, source):
@@ -196,3 +218,48 @@ def remove(prefix):
     for ext in EXTS:
         if os.path.exists(prefix + ext):
             os.remove(prefix + ext)
+
+
+# ------------------------------------------------------------ what a training checkpoint holds
+def capture(t):
+    """({ext: obj}, states) of trainer `t`. A collective: every rank's RNG is gathered."""
+    s = t.state
+    states = {"format": STATES_FORMAT, "epoch": s.epoch, "micro_in_epoch": s.micro_in_epoch,
+              "global_step": s.global_step, "best_top1": s.best_top1, "best_epoch": s.best_epoch,
+              "seed": t.ctx.seed, "world_size": t.ctx.world.size,
+              "accum_steps": t.optim.accum_steps,
+              "rng": distributed.gather_objects(rng.get_state(), t.ctx.world)}
+    objs = {".pdparams": fp32_state_dict(t.model),
+            ".pdopt": {"optimizer": optimizer_state(t.optim.optimizer, t.model),
+                       "lr_scheduler": t.lr_scheduler.state_dict(),
+                       "scaler": t.optim.scaler_state()}}
+    return objs, states
+
+
+def restore(t, loaded, source):
+    """Put what capture() saved back into trainer `t` (built with the checkpoint's seed)."""
+    params, opt, st = loaded
+    set_model_state(t.model, params, source)
+    load_optimizer_state(t.optim.optimizer, t.model, opt["optimizer"])
+    if opt.get("lr_scheduler"):
+        t.lr_scheduler.set_state_dict(opt["lr_scheduler"])
+    t.optim.load_scaler_state(opt.get("scaler"))
+    s = t.state
+    s.epoch, s.micro_in_epoch, s.global_step = st["epoch"], st["micro_in_epoch"], st["global_step"]
+    s.best_top1, s.best_epoch = st["best_top1"], st["best_epoch"]
+    world = t.ctx.world
+    if st["world_size"] == world.size:
+        rng.set_state(st["rng"][world.rank])
+    else:
+        t.ctx.logger.warning(f"checkpoint was written by {st['world_size']} processes, now "
+                             f"{world.size}: data order is kept, RNG streams re-seeded")
+        rng.seed_everything(t.ctx.seed + world.rank + s.global_step)
+
+
+def save(t, prefix):
+    """Write trainer `t`'s checkpoint set `prefix` (every rank calls; rank 0 writes)."""
+    objs, states = capture(t)  # a collective: every rank takes part
+    if t.ctx.world.is_main:
+        write_set(t.ctx.out_dir, prefix, objs, states)
+        t.ctx.logger.info(f"saved {os.path.join(t.ctx.out_dir, prefix)}")
+    distributed.barrier(t.ctx.world)

@@ -1,0 +1,183 @@
+"""Components from the validated config. Evaluation builds the model and the eval parts only;
+training adds data, loss, schedule, optimizer and the optim wrapper, and restores a checkpoint.
+"""
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import numpy as np
+
+from ..data import build_dataloader
+from ..errors import ConfigError
+from ..loss import build_loss
+from ..metric import build_metrics
+from ..models import build_model as build_registered_model
+from ..optim import build_lr_scheduler, build_optimizer
+from . import amp as amp_lib
+from . import checkpoint, distributed
+from .context import RunContext, setup_run
+from .optim_wrapper import OptimWrapper
+
+
+@dataclass
+class EvalParts:
+    data: Any
+    loss: Any  # None: no Loss.Eval
+    metric: Any  # None: no Metric.Eval
+
+
+@dataclass
+class TrainState:
+    """Where the run is: `epoch` epochs complete, `micro_in_epoch` micro-batches of the next."""
+    epoch: int = 0
+    micro_in_epoch: int = 0
+    global_step: int = 0
+    best_top1: Optional[float] = None  # None until an evaluation reports top1
+    best_epoch: Optional[int] = None
+    last_top1: Optional[float] = None  # of the last evaluation in this process
+    nan_steps: int = 0  # consecutive non-finite steps
+
+
+@dataclass
+class Trainer:
+    ctx: RunContext
+    model: Any
+    dp_model: Any  # the model as called in training (paddle.DataParallel on several ranks)
+    train_data: Any
+    train_loss: Any
+    train_metric: Any
+    eval: Optional[EvalParts]  # None: no evaluation during training
+    lr_scheduler: Any
+    optim: OptimWrapper
+    steps_per_epoch: int
+    total_steps: int
+    state: TrainState = dataclasses.field(default_factory=TrainState)
+
+    # What tests and tools inspect, named as in the logs.
+    cfg = property(lambda self: self.ctx.cfg)
+    logger = property(lambda self: self.ctx.logger)
+    seed = property(lambda self: self.ctx.seed)
+    epoch = property(lambda self: self.state.epoch)
+    global_step = property(lambda self: self.state.global_step)
+    best_top1 = property(lambda self: self.state.best_top1)
+    best_epoch = property(lambda self: self.state.best_epoch)
+
+
+def build_model(cfg, ctx):
+    """The model, with pretrained weights and recompute as configured."""
+    g = cfg.Global
+    model = build_registered_model(dict(cfg.Model))
+    n_params = sum(int(np.prod(p.shape)) for p in model.parameters())
+    ctx.logger.info(f"model {cfg.Model.name}: {n_params:,} parameters")
+    if g.pretrained_model:
+        from ..convert.pretrained import load_pretrained
+
+        load_pretrained(model, g.pretrained_model, finetune=g.finetune,
+                        pos_embed_interp=g.pos_embed_interp, log=ctx.logger.info)
+    if cfg.DistributedStrategy.recompute:
+        model.grad_checkpointing = True
+    return model
+
+
+def build_eval_parts(cfg, ctx):
+    """EvalParts, or None without DataLoader.Eval."""
+    loaders = cfg.get("DataLoader") or {}
+    if not loaders.get("Eval"):
+        return None
+    losses, metrics = cfg.get("Loss") or {}, cfg.get("Metric") or {}
+    data = build_dataloader(loaders["Eval"], "eval", ctx.world.rank, ctx.world.size, ctx.seed,
+                            class_num=cfg.Model.get("class_num"))
+    return EvalParts(data, build_loss(losses["Eval"]) if losses.get("Eval") else None,
+                     build_metrics(metrics["Eval"]) if metrics.get("Eval") else None)
+
+
+def _train_parts(cfg, ctx):
+    loaders = cfg.get("DataLoader") or {}
+    losses, metrics = cfg.get("Loss") or {}, cfg.get("Metric") or {}
+    if not loaders.get("Train"):
+        raise ConfigError("DataLoader.Train is required for training")
+    if not losses.get("Train"):
+        raise ConfigError("Loss.Train is required for training")
+    data = build_dataloader(loaders["Train"], "train", ctx.world.rank, ctx.world.size, ctx.seed,
+                            class_num=cfg.Model.get("class_num"))
+    metric = build_metrics(metrics["Train"]) if metrics.get("Train") else None
+    return data, build_loss(losses["Train"]), metric
+
+
+def _steps_per_epoch(cfg, ctx, data):
+    accum = cfg.Global.accum_steps
+    if accum < 1:
+        raise ConfigError(f"Global.accum_steps must be >= 1, got {accum}")
+    micro = len(data.sampler)
+    if micro // accum == 0:
+        bs = cfg.DataLoader.Train["sampler"].get("batch_size")
+        raise ConfigError(
+            f"DataLoader.Train: {len(data.dataset)} samples make {micro} batch(es) "
+            f"of {bs} per device on {ctx.world.size} device(s); accum_steps={accum} "
+            "needs at least that many: lower the batch size or accum_steps")
+    return micro // accum
+
+
+def _adopt_checkpoint_run(cfg, ctx, states, prefix):
+    """Checks that the checkpoint can continue this config; the run takes over its seed (the
+    data order depends on it, so it must be known before the loaders are built)."""
+    if states["accum_steps"] != cfg.Global.accum_steps:
+        raise ConfigError(f"Global.accum_steps={cfg.Global.accum_steps} but {prefix} was written "
+                          f"with {states['accum_steps']}: resume with the same value")
+    if states["seed"] != ctx.seed:
+        ctx.logger.warning(f"resuming with seed {states['seed']} from the checkpoint "
+                           f"(config says {ctx.seed})")
+        ctx = dataclasses.replace(ctx, seed=states["seed"])
+    return ctx
+
+
+def _optim_wrapper(cfg, ctx, model, lr_scheduler, accum):
+    use_o2 = cfg.FP16.level == "O2" and amp_lib.gpu_available()
+    optimizer, clip = build_optimizer(dict(cfg.Optimizer), lr_scheduler, model,
+                                      multi_precision=use_o2)
+    model, optimizer, precision = amp_lib.setup(cfg.FP16, model, optimizer, ctx.logger)
+    dp_model = distributed.wrap_model(model, ctx.world)
+    params = [p for p in model.parameters() if not p.stop_gradient]
+    wrapper = OptimWrapper(optimizer, lr_scheduler, precision, params, clip, accum, ctx.world,
+                           dp_model)
+    return model, dp_model, wrapper
+
+
+def build_trainer(cfg):
+    """A Trainer ready to run: set up, built, and resumed from Global.checkpoint if given."""
+    ctx = setup_run(cfg, "train")
+    g = cfg.Global
+    loaded = None
+    if g.checkpoint:
+        loaded = checkpoint.load_resume(g.checkpoint, log=ctx.logger.warning)
+        ctx = _adopt_checkpoint_run(cfg, ctx, loaded[2], g.checkpoint)
+    model = build_model(cfg, ctx)
+    if cfg.DistributedStrategy.get("sharding"):
+        ctx.logger.warning("DistributedStrategy.sharding is not implemented yet: training with "
+                           "plain data parallelism (optimizer state replicated on every device)")
+    eval_parts = build_eval_parts(cfg, ctx) if g.eval_during_train else None
+    data, loss, metric = _train_parts(cfg, ctx)
+    steps_per_epoch = _steps_per_epoch(cfg, ctx, data)
+    total_steps = g.epochs * steps_per_epoch
+    if g.max_train_step:
+        total_steps = min(total_steps, g.max_train_step)
+    lr_scheduler = build_lr_scheduler(dict(cfg.LRScheduler), g.epochs, steps_per_epoch)
+    model, dp_model, wrapper = _optim_wrapper(cfg, ctx, model, lr_scheduler, g.accum_steps)
+    t = Trainer(ctx, model, dp_model, data, loss, metric, eval_parts, lr_scheduler, wrapper,
+                steps_per_epoch, total_steps)
+    if loaded is not None:
+        checkpoint.restore(t, loaded, f"Global.checkpoint {g.checkpoint}")
+        best = "no evaluation yet" if t.best_top1 is None else f"best top1 {t.best_top1:.4f}"
+        ctx.logger.info(f"resumed from {g.checkpoint}: epoch {t.epoch}, step {t.global_step}, "
+                        f"{best}")
+    return t
+
+
+def build_evaluation(cfg):
+    """(context, model, EvalParts, precision) for a standalone evaluation: no training parts."""
+    ctx = setup_run(cfg, "eval")
+    model = build_model(cfg, ctx)
+    parts = build_eval_parts(cfg, ctx)
+    if parts is None:
+        raise ConfigError("DataLoader.Eval is required for evaluation")
+    return ctx, model, parts, amp_lib.for_eval(cfg.FP16)

@@ -1,0 +1,207 @@
+"""The training loop: run (epochs, end-of-epoch evaluation and checkpoints) -> run_epoch (one
+pass over the sampler, resumable mid-epoch) -> run_iter (one micro-batch). Precision,
+accumulation, clipping and skipping belong to the OptimWrapper; what a checkpoint holds to
+checkpoint.py; the loop decides only when things happen and what is logged."""
+import os
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..errors import TrainingError
+from . import checkpoint
+from .build import build_trainer
+from .evaluator import run_evaluation
+from .logger import Meter, format_eta
+
+
+@dataclass
+class Window:
+    """What the next [Train] log line reports (reset after each line)."""
+    loss: Meter = field(default_factory=Meter)
+    batch_cost: Meter = field(default_factory=Meter)
+    reader_cost: Meter = field(default_factory=Meter)
+    metric_sums: dict = field(default_factory=dict)
+    metric_count: int = 0
+    images: int = 0  # images this rank trained on, partial batches counted as they are
+
+
+@dataclass
+class Progress:
+    window: Window = field(default_factory=Window)
+    images: int = 0  # images this rank trained on since this process started
+
+
+def run_iter(t, images, labels, micro=0):
+    """Forward and backward of one micro-batch (the optimizer steps after the last one of an
+    accumulation). Returns (StepResult or None, train metrics of the batch, images in it)."""
+    data = t.train_data
+    if data.batch_transform is not None:
+        rng = np.random.default_rng([t.seed, t.state.epoch, micro, t.ctx.world.rank])
+        images, labels = data.batch_transform(images, labels, rng)
+    with t.optim.micro_context():
+        with t.optim.autocast():
+            logits = t.dp_model(images)
+        logits = logits.astype("float32")
+        loss = t.train_loss(logits, labels)["loss"]
+        result = t.optim.update(loss)
+    metrics = t.train_metric(logits.detach(), labels) if t.train_metric is not None else {}
+    return result, metrics, int(images.shape[0])
+
+
+def run_epoch(t, progress=None):
+    """Runs (the rest of) epoch t.state.epoch; returns True when max_train_step was reached."""
+    s, data, accum = t.state, t.train_data, t.optim.accum_steps
+    n_micro = t.steps_per_epoch * accum
+    data.sampler.set_epoch(s.epoch)
+    data.sampler.set_start_iter(s.micro_in_epoch)
+    t.model.train()
+    progress = progress if progress is not None else Progress()
+    micro, tic = s.micro_in_epoch, time.time()
+    for images, labels in data:  # DataPipeline: re-raises worker errors
+        if micro >= n_micro:
+            break
+        window = progress.window
+        window.reader_cost.update(time.time() - tic)
+        if micro % accum == 0:
+            step_start = tic  # an optimizer step's cost includes all its micro-batches
+        result, metrics, n = run_iter(t, images, labels, micro)
+        for k, v in metrics.items():
+            window.metric_sums[k] = window.metric_sums.get(k, 0.0) + float(v)
+        window.metric_count += n
+        window.images += n
+        progress.images += n
+        micro += 1
+        if result is not None:
+            s.micro_in_epoch = micro
+            window.batch_cost.update(time.time() - step_start)
+            if _after_step(t, result, progress, micro // accum):
+                return True
+        tic = time.time()
+    return False
+
+
+def _check_step(t, result):
+    """Counts the step or the skip; raises after Global.max_nan_steps skips in a row."""
+    s, g, log = t.state, t.cfg.Global, t.logger
+    if result.status == "nonfinite":
+        s.nan_steps += 1
+        log.warning(f"loss is {result.loss} at step {s.global_step + 1}: update skipped "
+                    f"({s.nan_steps}/{g.max_nan_steps})")
+        if s.nan_steps >= g.max_nan_steps:
+            raise TrainingError(
+                f"loss was NaN/inf for {s.nan_steps} consecutive steps (Global.max_nan_steps) at "
+                f"epoch {s.epoch + 1}, step {s.global_step + 1}; stopped. The last good "
+                f"checkpoint is {os.path.join(t.ctx.out_dir, 'latest')} if one was saved")
+        return False
+    s.nan_steps = 0
+    if result.status == "overflow":
+        log.warning(f"step {s.global_step + 1}: inf/nan gradients, update skipped, loss scale "
+                    f"{result.scale:g} -> {result.new_scale:g}")
+    s.global_step += 1
+    return True
+
+
+def _after_step(t, result, progress, step_in_epoch):
+    """Logging, step-unit evaluation and the step limit; True when training must stop."""
+    s, g, window = t.state, t.cfg.Global, progress.window
+    if _check_step(t, result):
+        window.loss.update(result.loss)
+    if s.global_step % g.print_batch_step == 0 or step_in_epoch == t.steps_per_epoch:
+        _log_step(t, result.lr, window, step_in_epoch)
+        progress.window = Window()
+    if _eval_due(t, "step", s.global_step):
+        _after_eval(t, run_evaluation(t.model, t.eval, t.optim.precision, t.ctx.world,
+                                      t.logger, s.epoch + 1), s.epoch + 1)
+    if g.max_train_step and s.global_step >= g.max_train_step:
+        t.logger.info(f"reached Global.max_train_step={g.max_train_step}")
+        return True
+    return False
+
+
+def _eval_due(t, unit, count):
+    g = t.cfg.Global
+    return (t.eval is not None and g.eval_during_train and g.eval_unit == unit
+            and count % g.eval_interval == 0)
+
+
+def _after_eval(t, result, epoch):
+    s = t.state
+    top1 = result.get("top1")
+    s.last_top1 = top1
+    for k, v in result.items():
+        t.ctx.scalars.add(f"eval/{k}", v, s.global_step)
+    if top1 is None:
+        return
+    if s.best_top1 is None or top1 > s.best_top1:
+        s.best_top1, s.best_epoch = top1, epoch
+        checkpoint.save(t, "best_model")
+    t.logger.info(f"[Eval][Epoch {epoch}][best top1: {s.best_top1:.5f} (epoch {s.best_epoch})]")
+
+
+def _log_step(t, lr, window, step_in_epoch):
+    g, s, world = t.cfg.Global, t.state, t.ctx.world
+    cost = window.batch_cost.avg
+    # images that exist (a partial last batch counts as what it holds), over all ranks
+    ips = window.images * world.size / max(window.batch_cost.total, 1e-9)
+    eta = (t.total_steps - s.global_step) * cost
+    avg = {k: v / max(window.metric_count, 1) for k, v in sorted(window.metric_sums.items())}
+    metrics = "".join(f", {k}: {v:.5f}" for k, v in avg.items())
+    t.logger.info(
+        f"[Train][Epoch {s.epoch + 1}/{g.epochs}][Iter: {step_in_epoch}/{t.steps_per_epoch}]"
+        f"lr: {lr:.6g}, loss: {window.loss.avg:.5f}{metrics}, batch_cost: {cost:.4f}s, "
+        f"reader_cost: {window.reader_cost.avg:.5f}s, ips: {ips:.2f} images/sec, "
+        f"eta: {format_eta(eta)}")
+    scalars = {"train/loss": window.loss.avg, "train/lr": lr, "train/ips": ips,
+               **{f"train/{k}": v for k, v in avg.items()}}
+    for tag, value in scalars.items():
+        t.ctx.scalars.add(tag, value, s.global_step)
+
+
+def _save_epoch(t):
+    g, s = t.cfg.Global, t.state
+    checkpoint.save(t, "latest")
+    keep = g.max_num_latest_checkpoint
+    if keep != 0 and s.epoch % g.save_interval == 0:
+        checkpoint.save(t, f"epoch_{s.epoch}")
+        if keep > 0 and t.ctx.world.is_main:
+            for old in checkpoint.epoch_checkpoints(t.ctx.out_dir)[:-keep]:
+                checkpoint.remove(old)
+
+
+def run(t):
+    """Train to Global.epochs (or max_train_step); returns a summary dict."""
+    g, s, log = t.cfg.Global, t.state, t.logger
+    bs, world, accum = t.train_data.sampler.batch_size, t.ctx.world.size, t.optim.accum_steps
+    log.info(f"training {g.epochs} epochs x {t.steps_per_epoch} steps, global batch "
+             f"{bs * world * accum} ({bs} x {world} device(s) x {accum} accum), "
+             f"{t.total_steps} steps in all")
+    progress, t_start = Progress(), time.time()
+    stopped = False
+    while s.epoch < g.epochs and not stopped:
+        stopped = run_epoch(t, progress)
+        if s.micro_in_epoch >= t.steps_per_epoch * accum:  # epoch complete
+            s.epoch, s.micro_in_epoch = s.epoch + 1, 0
+            if _eval_due(t, "epoch", s.epoch):
+                _after_eval(t, run_evaluation(t.model, t.eval, t.optim.precision, t.ctx.world,
+                                              log, s.epoch), s.epoch)
+            _save_epoch(t)
+        elif stopped:
+            checkpoint.save(t, "latest")
+    elapsed = time.time() - t_start
+    ips = progress.images * world / max(elapsed, 1e-9)
+    best = "no evaluation"
+    if s.best_top1 is not None:
+        best = (f"final top1 {s.last_top1:.5f}, " if s.last_top1 is not None else "") + \
+            f"best top1 {s.best_top1:.5f} (epoch {s.best_epoch})"
+    log.info(f"[Train] finished: {s.global_step} steps, {s.epoch} epoch(s) in "
+             f"{format_eta(elapsed)} ({ips:.1f} images/sec); {best}; checkpoints in "
+             f"{t.ctx.out_dir}")
+    t.ctx.scalars.close()
+    return {"best_top1": s.best_top1, "best_epoch": s.best_epoch, "global_step": s.global_step,
+            "epoch": s.epoch, "images": progress.images * world, "ips": ips}
+
+
+def train(cfg):
+    """Build a Trainer from the validated config, train it, return the summary."""
+    return run(build_trainer(cfg))
