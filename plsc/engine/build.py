@@ -75,7 +75,7 @@ def build_model(cfg, ctx):
         load_pretrained(model, g.pretrained_model, finetune=g.finetune,
                         pos_embed_interp=g.pos_embed_interp, log=ctx.logger.info)
     if cfg.DistributedStrategy.recompute:
-        model.grad_checkpointing = True
+        model.set_grad_checkpointing(True)
     return model
 
 
