@@ -148,3 +148,143 @@ def test_finetune_through_train_tool_resizes_pos_embed_and_reinits_head(tmp_path
     np.testing.assert_array_equal(got["head.bias"], np.full((4,), -3.0, np.float32))
     for k in sorted(set(src) - {"pos_embed", "head.weight", "head.bias"}):
         np.testing.assert_array_equal(got[k], src[k], err_msg=k)
+
+
+# ----------------------------------------------------------------------------- evaluation / saving
+def test_eval_every_n_optimizer_steps_and_epoch_checkpoints_every_save_interval(tmp_path):
+    # 16 images, batch 4, accum 2: 2 optimizer steps per epoch, 12 in 6 epochs. Evaluations
+    # every 3 optimizer steps (3, 6, 9, 12: two of them mid-epoch); epoch_N every 2nd epoch,
+    # of which the newest 2 are kept.
+    path = tiny_config(tmp_path, tmp_path / "shapes", train_size=16, epochs=6, **{
+        "Global.accum_steps": 2, "Global.eval_unit": "step", "Global.eval_interval": 3,
+        "Global.save_interval": 2, "Global.max_num_latest_checkpoint": 2})
+    _ok(run_tool("train", ["-c", path]))
+    out = _out(tmp_path)
+    log = open(out / "train.log").read().splitlines()
+    step, eval_steps, saved = 0, [], []
+    for line in log:
+        m = re.search(r"\[Train\]\[Epoch (\d+)/6\]\[Iter: (\d)/2\]", line)
+        if m:
+            step = (int(m.group(1)) - 1) * 2 + int(m.group(2))
+        if re.search(r"\[Eval\]\[Epoch \d+\]\[Avg\]", line):
+            eval_steps.append(step)
+        m = re.search(r"saved .*/(epoch_\d+|best_model)$", line)
+        if m:
+            saved.append(m.group(1) if m.group(1) != "best_model" else f"best@{step}")
+    assert eval_steps == [3, 6, 9, 12]
+    assert [s for s in saved if s.startswith("epoch_")] == ["epoch_2", "epoch_4", "epoch_6"]
+    names = set(os.listdir(out))
+    assert {n.split(".")[0] for n in names if n.startswith("epoch_")} == {"epoch_4", "epoch_6"}
+    # best_model is written by those evaluations only (the first one always improves on none)
+    best = [s for s in saved if s.startswith("best@")]
+    assert best[0] == "best@3" and set(best) <= {f"best@{s}" for s in eval_steps}
+    assert "best_model.pdparams" in names
+
+
+# ----------------------------------------------------------------------------- recompute
+def test_recompute_runs_and_gives_the_same_weights_with_dropout(tmp_path, data_root, monkeypatch):
+    from paddle.distributed.fleet import utils as fleet_utils
+    real, calls = fleet_utils.recompute, []
+
+    def counting(fn, *args, **kwargs):
+        calls.append(type(fn).__name__)
+        return real(fn, *args, **kwargs)
+
+    monkeypatch.setattr(fleet_utils, "recompute", counting)
+    extra = {"Global.max_train_step": 3, "Global.eval_during_train": False,
+             "Model.drop_rate": 0.1, "Model.attn_drop_rate": 0.1, "Model.drop_path_rate": 0.1}
+    plain = tiny_config(tmp_path / "plain", data_root, **extra)
+    _train_in_process(plain)
+    assert calls == []
+    rc = tiny_config(tmp_path / "rc", data_root, **extra)
+    _train_in_process(rc, "DistributedStrategy.recompute=True")
+    assert len(calls) == 3 * 2  # every block of every step
+    a, b = _params(tmp_path / "plain"), _params(tmp_path / "rc")
+    assert max(float(np.abs(a[k] - b[k]).max()) for k in a) == 0.0
+    # ...and the run really moved the weights, with dropout on (a different seed differs)
+    _train_in_process(tiny_config(tmp_path / "seed", data_root, **extra), "Global.seed=8")
+    c = _params(tmp_path / "seed")
+    assert max(float(np.abs(a[k] - c[k]).max()) for k in a) > 1e-3
+
+
+# ----------------------------------------------------------------------------- Mixup / Cutmix
+def _observed_first_step(tmp_path, data_root, monkeypatch, batch_transform):
+    """(images fed to the patch embedding, labels or log-probs the loss used, loss) of step 1."""
+    seen = {}
+    conv_forward = paddle.nn.Conv2D.forward
+    log_softmax, cross_entropy = paddle.nn.functional.log_softmax, paddle.nn.functional.cross_entropy
+    backward = paddle.Tensor.backward
+
+    def conv(self, x):
+        seen.setdefault("images", x.numpy().copy())
+        return conv_forward(self, x)
+
+    def logsm(x, *a, **k):
+        out = log_softmax(x, *a, **k)
+        seen.setdefault("logp", out.numpy().astype(np.float64))
+        return out
+
+    def ce(x, label, *a, **k):
+        seen.setdefault("labels", label.numpy().copy())
+        return cross_entropy(x, label, *a, **k)
+
+    def bw(self, *a, **k):
+        seen.setdefault("loss", float(self))
+        return backward(self, *a, **k)
+
+    monkeypatch.setattr(paddle.nn.Conv2D, "forward", conv)
+    monkeypatch.setattr(paddle.nn.functional, "log_softmax", logsm)
+    monkeypatch.setattr(paddle.nn.functional, "cross_entropy", ce)
+    monkeypatch.setattr(paddle.Tensor, "backward", bw)
+    # random weights with a non-zero head: a zero head gives uniform log-probs, and then every
+    # soft target (summing to 1) has the same loss
+    p = nv.random_official(hidden=32, depth=2, heads=2, mlp=128, patch=4, img=16, classes=4,
+                           seed=5, scale=0.5)
+    weights = str(tmp_path / "random.pdparams")
+    paddle.save({k: paddle.to_tensor(np.ascontiguousarray(v))
+                 for k, v in official_to_ours(p, depth=2).items()}, weights)
+    extra = {"Global.max_train_step": 1, "Global.eval_during_train": False,
+             "Global.pretrained_model": weights}
+    if batch_transform:
+        extra["DataLoader.Train.dataset.batch_transform_ops"] = [batch_transform]
+    _train_in_process(tiny_config(tmp_path, data_root, **extra))
+    monkeypatch.undo()
+    return seen
+
+
+def ref_mixup(x, y, rng, alpha):
+    lam = rng.beta(alpha, alpha)
+    perm = rng.permutation(len(x))
+    return lam * x + (1 - lam) * x[perm], lam * y + (1 - lam) * y[perm], lam
+
+
+def ref_cutmix(x, y, rng, alpha):
+    lam = rng.beta(alpha, alpha)
+    perm = rng.permutation(len(x))
+    h, w = x.shape[-2:]
+    bh, bw = int(h * np.sqrt(1 - lam)), int(w * np.sqrt(1 - lam))
+    cy, cx = rng.integers(h), rng.integers(w)
+    t, b = max(cy - bh // 2, 0), min(cy + bh // 2, h)
+    left, right = max(cx - bw // 2, 0), min(cx + bw // 2, w)
+    out = x.copy()
+    out[..., t:b, left:right] = x[perm][..., t:b, left:right]
+    area = max(b - t, 0) * max(right - left, 0)
+    lam_box = 1 - area / (h * w)
+    return out, lam_box * y + (1 - lam_box) * y[perm], lam_box
+
+
+@pytest.mark.parametrize("op,alpha,ref", [("Mixup", 0.8, ref_mixup), ("Cutmix", 1.0, ref_cutmix)])
+def test_batch_transform_is_what_the_loss_sees(tmp_path, data_root, monkeypatch, op, alpha, ref):
+    raw = _observed_first_step(tmp_path / "raw", data_root, monkeypatch, None)
+    mixed = _observed_first_step(tmp_path / "mix", data_root, monkeypatch, {op: {"alpha": alpha}})
+    x = raw["images"].astype(np.float64)
+    y = np.eye(4)[raw["labels"].reshape(-1)]
+    # the engine's per-step generator: seed 7, epoch 0, micro-batch 0, rank 0
+    want_x, want_y, lam = ref(x, y, np.random.default_rng([7, 0, 0, 0]), alpha)
+    assert 0.05 < lam < 0.95 and np.abs(want_x - x).max() > 0.1  # a real mix
+    tol = 2e-7 if op == "Mixup" else 0.0  # float32 blend (measured 7e-8) / copied pixels
+    assert np.abs(mixed["images"] - want_x).max() <= tol, np.abs(mixed["images"] - want_x).max()
+    # the loss used the mixed soft labels: recomputed from the log-probs it saw
+    loss = -(want_y * mixed["logp"]).sum(-1).mean()
+    # (measured relative error 6e-8; the unmixed labels' loss differs by 0.1-0.9)
+    assert abs(mixed["loss"] - loss) <= 1.5e-7 * abs(loss), (mixed["loss"], loss)
