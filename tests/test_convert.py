@@ -3,6 +3,8 @@
 References are independent of plsc: tests/numpy_vit.py runs the official architecture in float64
 straight from the official arrays; timm-named dicts and the bicubic reference are built here.
 Checkpoints are tiny random ones in the released layout (hidden 32, 2 layers, 2 heads, patch 4).
+Logit bounds are 2-3x the float32 noise measured for each comparison (~0.3-1.7e-6), so a
+numerics change such as a wrong LayerNorm epsilon (~1e-6 to 4e-6 on these logits) fails.
 """
 import os
 import subprocess
@@ -154,7 +156,7 @@ def test_npz2paddle_logits_match_official_numpy_forward(tmp_path, variant):
     x = images()
     ref = nv.forward(p, x)
     got = logits_of(paddle_model(tmp_path / "dst"), x)
-    assert np.abs(got - ref).max() <= 1e-5, np.abs(got - ref).max()
+    assert np.abs(got - ref).max() <= 3.5e-6, np.abs(got - ref).max()
     assert np.abs(ref).max() > 0.1  # a meaningful comparison
 
 
@@ -183,9 +185,9 @@ def test_other_layouts_compute_the_same_function(tmp_path, layout):
     x = images()
     got = logits_of(paddle_model(tmp_path / "dst"), x)
     ref = nv.forward(unscanned if layout == "scanned" else src, x)  # reads each layout itself
-    assert np.abs(got - ref).max() <= 1e-5
+    assert np.abs(got - ref).max() <= 1.5e-6
     if layout == "big_vision":  # the folded layout is the same function as the released file
-        assert np.abs(ref - nv.forward(p, x)).max() < 1e-5
+        assert np.abs(ref - nv.forward(p, x)).max() < 2e-7
 
 
 def test_bf16_void_arrays_decode_exactly(tmp_path):
@@ -207,7 +209,7 @@ def test_in21k_file_with_zero_head_and_check_uses_tokens(tmp_path, capsys):
     out = capsys.readouterr().out.splitlines()
     assert out[0].startswith("check: max |final tokens / pre-logits features diff| = ")
     assert "head is all zero" in out[0]
-    assert float(out[0].split("= ")[1].split()[0]) <= 1e-5
+    assert float(out[0].split("= ")[1].split()[0]) <= 3e-6
     assert out[1].startswith(f"converted {TINY_NAME}: ")
     assert "21843 classes, 16px, token pooling, pre-logits 32 -> " in out[1]
 
@@ -219,7 +221,7 @@ def test_cli_npz2paddle_check_prints_logits_diff(tmp_path):
     assert r.returncode == 0, r.stderr
     lines = r.stdout.splitlines()
     assert lines[0].startswith("check: max |logits diff| = ")
-    assert float(lines[0].split("= ")[1].split()[0]) <= 1e-5
+    assert float(lines[0].split("= ")[1].split()[0]) <= 2e-6
     assert lines[1] == (f"converted {TINY_NAME}: 19,626 params, 10 classes, 16px, token pooling -> "
                         f"{tmp_path / 'vit.pdparams'}")
     assert sorted(os.listdir(tmp_path)) == ["s.npz", "vit.pdparams", "vit.yaml"]
@@ -270,7 +272,7 @@ def test_export_writes_released_layout_from_linen_big_vision_import(tmp_path):
     # the class row is zero and cls carries the folded position; same function as the source
     assert not np.any(out["Transformer/posembed_input/pos_embedding"][:, 0])
     x = images()
-    assert np.abs(nv.forward(out, x) - nv.forward(p, x)).max() < 1e-5
+    assert np.abs(nv.forward(out, x) - nv.forward(p, x)).max() < 4e-7
 
 
 def test_paddle2npz_needs_heads_for_nonstandard_width_without_yaml(tmp_path, capsys):
@@ -431,7 +433,7 @@ def test_timm2paddle_matches_official_forward_and_roundtrips_bitwise(tmp_path, c
     assert cli("timm2paddle", src, tmp_path / "m", "--num-heads", 2, "--act", "gelu_tanh") == 0
     x = images()
     model = paddle_model(tmp_path / "m")
-    assert np.abs(logits_of(model, x) - nv.forward(p, x)).max() <= 1e-5
+    assert np.abs(logits_of(model, x) - nv.forward(p, x)).max() <= 2.5e-6
     assert cli("paddle2timm", tmp_path / "m", tmp_path / "back.safetensors") == 0
     a, b = load_file(src), load_file(str(tmp_path / "back.safetensors"))
     assert set(a) == set(b) and all(a[k].tobytes() == b[k].tobytes() and a[k].shape == b[k].shape
@@ -448,7 +450,7 @@ def test_timm_default_act_is_exact_gelu(tmp_path):
     assert res["model_config"]["act"] == "gelu"
     x = images()
     got = logits_of(paddle_model(tmp_path / "m"), x)
-    assert np.abs(got - nv.forward(p, x, gelu="erf")).max() <= 1e-5
+    assert np.abs(got - nv.forward(p, x, gelu="erf")).max() <= 3e-6
     assert np.abs(got - nv.forward(p, x, gelu="tanh")).max() > 1e-5  # the form matters
 
 
@@ -528,7 +530,7 @@ def test_load_pretrained_accepts_npz_prefix_and_full_name(tmp_path):
         model = _model(res["model_config"])
         report = load_pretrained(model, path, log=quiet)
         assert len(report["loaded"]) == len(res["state"]) and not report["dropped"]
-        assert np.abs(logits_of(model, x) - ref).max() <= 1e-5
+        assert np.abs(logits_of(model, x) - ref).max() <= 2e-6
 
 
 def test_load_pretrained_from_timm_safetensors(tmp_path):
@@ -539,7 +541,7 @@ def test_load_pretrained_from_timm_safetensors(tmp_path):
     model = _model(res["model_config"])
     load_pretrained(model, str(tmp_path / "t.safetensors"), log=quiet)  # heads from the model
     x = images()
-    assert np.abs(logits_of(model, x) - nv.forward(p, x)).max() <= 1e-5
+    assert np.abs(logits_of(model, x) - nv.forward(p, x)).max() <= 2e-6
 
 
 def test_finetune_drops_head_and_resizes_pos_embed(tmp_path):
@@ -630,7 +632,7 @@ def test_bilinear_resize_equals_scipy_zoom_order1(old, new, prefix):
     assert out.shape == (1, prefix + new[0] * new[1], 16) and out.dtype == np.float32
     np.testing.assert_array_equal(out[:, :prefix], pe[:, :prefix])
     ref = _zoom_reference(pe[0, prefix:].reshape(*old, 16), new)
-    assert np.abs(out[0, prefix:].reshape(ref.shape) - ref).max() <= 1e-5
+    assert np.abs(out[0, prefix:].reshape(ref.shape) - ref).max() <= 3e-7
 
 
 def _bicubic_matrix(n_in, n_out, a=-0.75):
@@ -659,7 +661,7 @@ def test_bicubic_resize_matches_cubic_convolution_and_differs_from_official():
     out = resize_pos_embed(pe, (12, 10), 1, "bicubic")
     grid = pe[0, 1:].reshape(7, 7, 8).astype(np.float64)
     ref = np.einsum("ih,hwd,jw->ijd", _bicubic_matrix(7, 12), grid, _bicubic_matrix(7, 10))
-    assert np.abs(out[0, 1:].reshape(12, 10, 8) - ref).max() <= 1e-5
+    assert np.abs(out[0, 1:].reshape(12, 10, 8) - ref).max() <= 5e-6
     lin = resize_pos_embed(pe, (12, 10), 1, "bilinear")
     assert np.abs(lin - out).max() > 0.1
     t = resize_pos_embed(paddle.to_tensor(pe), (12, 10), 1, "bicubic")  # tensors in, tensors out

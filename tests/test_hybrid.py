@@ -78,7 +78,7 @@ def test_backbone_matches_numpy_reference_even_and_odd_sizes(hw):
                          x.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)
     assert got.shape == ref.shape == (2, 512, -(-hw[0] // 16), -(-hw[1] // 16))
     # float32 through 13 GroupNorms of 1-4 channels per group: relative error ~3e-6
-    assert np.abs(got - ref).max() <= 1e-5 * max(1.0, np.abs(ref).max())
+    assert np.abs(got - ref).max() <= 8e-6 * max(1.0, np.abs(ref).max())
 
 
 def test_weight_standardisation_formula_and_invariance():

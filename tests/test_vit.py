@@ -115,8 +115,10 @@ def test_forward_matches_numpy_reference(global_pool, representation_size, act):
         tokens = model.forward_features(x)
         logits = model(x)
     assert tokens.shape == [2, 16 + model.num_prefix_tokens, 32]
-    assert np.abs(tokens.numpy() - ref_tokens).max() <= 1e-5
-    assert np.abs(logits.numpy() - ref_logits).max() <= 1e-5
+    # Bounds ~3x the measured float32 noise (tokens 1.1e-6, logits 5.7e-7): a final LayerNorm
+    # with Paddle's default epsilon 1e-5 instead of 1e-6 moves the tokens by ~8e-6.
+    assert np.abs(tokens.numpy() - ref_tokens).max() <= 3e-6
+    assert np.abs(logits.numpy() - ref_logits).max() <= 1.5e-6
     # forward_head on the features gives the same logits without recomputing the encoder
     np.testing.assert_array_equal(model.forward_head(tokens).numpy(), logits.numpy())
 
@@ -163,7 +165,7 @@ def test_return_attn():
     for probs, ref in zip(attns, ref_probs):
         assert probs.shape == [2, 4, 17, 17]
         np.testing.assert_allclose(probs.numpy().sum(-1), 1.0, atol=1e-5)
-        assert np.abs(probs.numpy() - ref).max() <= 1e-5
+        assert np.abs(probs.numpy() - ref).max() <= 8e-7
     plain = model.forward_features(x)
     assert np.abs(tokens.numpy() - plain.numpy()).max() <= 1e-5
 
