@@ -515,7 +515,7 @@ def test_plsc_fp16_checkpoint_loads_cast_to_fp32(tmp_path):
     assert report["cast"] == {("float16", "float32"): len(fp16)}
     assert logs[0] == f"pretrained: cast {len(fp16)} arrays from float16 to float32"
     assert all(p.dtype == paddle.float32 for p in a.parameters())
-    from plsc.convert.pretrained import assign_state
+    from plsc.weights import assign as assign_state
     assign_state(b, {k: v.astype(np.float32) for k, v in fp16.items()}, "fp32-cast")
     x = images()
     np.testing.assert_array_equal(logits_of(a, x), logits_of(b, x))
@@ -603,7 +603,9 @@ def test_without_finetune_mismatches_are_errors_not_silent_skips(tmp_path):
     cfg = dict(res["model_config"], global_pool="gap")
     with pytest.raises(ConfigError) as e:
         load_pretrained(_model(cfg), src, finetune=True, log=quiet)
-    assert str(e.value) == f"{src}: checkpoint has 1 arrays the model lacks: cls_token"
+    # one line with everything that differs: the extra class token and the pos_embed it implies
+    assert str(e.value) == (f"{src}: checkpoint has 1 arrays the model lacks: cls_token; "
+                            f"shape mismatch: pos_embed checkpoint (1, 17, 32) vs model (1, 16, 32)")
     cfg = dict(res["model_config"], depth=3)
     with pytest.raises(ConfigError) as e:
         load_pretrained(_model(cfg), src, log=quiet)

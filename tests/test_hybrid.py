@@ -69,7 +69,7 @@ def test_backbone_matches_numpy_reference_even_and_odd_sizes(hw):
     backbone = ResNetBackbone(3, 32, (2, 1, 1))
     backbone.eval()
     pre = "patch_embed.backbone."
-    from plsc.convert.pretrained import assign_state
+    from plsc.weights import assign as assign_state
     assign_state(backbone, {k[len(pre):]: v for k, v in state.items() if k.startswith(pre)}, "t")
     x = np.random.default_rng(2).standard_normal((2, 3) + hw)
     with paddle.no_grad():

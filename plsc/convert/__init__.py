@@ -3,7 +3,6 @@
     npz_to_paddle(src, dst_prefix, check=False)    official ViT / R50+ViT npz -> .pdparams + .yaml
     paddle_to_npz(src_prefix, dst)                 .pdparams -> released-layout npz
     timm_to_paddle(src, dst_prefix, num_heads=None, act='gelu'), paddle_to_timm(src_prefix, dst)
-    load_pretrained(model, path, finetune=False, pos_embed_interp='bilinear', log=print)
     bench_convert()                                time and peak memory, full-size ViT-B/16
 
 Importing this package does not import paddle (the CLI's error paths stay fast); the functions
@@ -17,12 +16,6 @@ import numpy as np
 
 from .npz import load_npz_as_state, npz_to_paddle, paddle_to_npz  # noqa: F401
 from .timm import load_timm_as_state, paddle_to_timm, timm_to_paddle  # noqa: F401
-
-
-def load_pretrained(model, path, finetune=False, pos_embed_interp="bilinear", log=print):
-    """See plsc.convert.pretrained.load_pretrained (imported lazily: it needs paddle)."""
-    from .pretrained import load_pretrained as _load
-    return _load(model, path, finetune=finetune, pos_embed_interp=pos_embed_interp, log=log)
 
 
 def random_released_vit(hidden=768, depth=12, heads=12, mlp=3072, patch=16, img=224,

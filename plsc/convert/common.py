@@ -7,7 +7,6 @@ describes what is actually in it.
 """
 import math
 import os
-import pickle
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -208,27 +207,12 @@ def require_file(path, what="checkpoint"):
         raise DataError(f"{what} is a directory, expected a file: {path}")
 
 
-def pdparams_path(prefix):
-    """PLSC convention: a checkpoint is named by its prefix; accept the full name too."""
-    return prefix if prefix.endswith(".pdparams") else prefix + ".pdparams"
 
 
 def strip_pdparams(prefix):
     return prefix[: -len(".pdparams")] if prefix.endswith(".pdparams") else prefix
 
 
-def load_pdparams(path):
-    """{name: np.ndarray} from a .pdparams file (ours or PLSC's, fp16 or fp32)."""
-    require_file(path)
-    import paddle
-    try:
-        state = paddle.load(path, return_numpy=True)
-    except Exception as e:  # pickle/zip/format errors all mean "not a paddle checkpoint"
-        raise DataError(f"{path}: not a readable .pdparams file ({type(e).__name__}: "
-                        f"{str(e).splitlines()[0] if str(e) else ''})") from None
-    if not isinstance(state, dict) or not all(hasattr(v, "shape") for v in state.values()):
-        raise DataError(f"{path}: expected a dict of arrays (a model state dict)")
-    return {k: np.asarray(v) for k, v in state.items()}
 
 
 def dump_model_yaml(model_cfg):
@@ -259,20 +243,6 @@ def write_outputs(files):
                 os.remove(tmp)
 
 
-def save_pdparams_writer(state):
-    """Writer of a .pdparams file that paddle.load (ours, PLSC's) reads as {name: array}.
-
-    The stream is what paddle.save writes for a dict of numpy arrays (a protocol-4 pickle),
-    except that the pickler's memo is off: with it on, pickle keeps every array's serialized
-    copy alive until the end, doubling peak memory (+330 MB for ViT-B/16, +2.5 GB for ViT-H).
-    A flat dict of arrays has no shared or recursive objects, so nothing needs the memo.
-    """
-    def write(tmp):
-        with open(tmp, "wb") as f:
-            pickler = pickle.Pickler(f, protocol=4)
-            pickler.fast = True
-            pickler.dump({k: np.ascontiguousarray(v) for k, v in state.items()})
-    return write
 
 
 def text_writer(text):

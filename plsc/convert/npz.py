@@ -46,10 +46,10 @@ import numpy as np
 
 from ..errors import ConfigError, DataError
 from .. import vit_spec
+from ..weights import read_state, save_pickle
 from .common import (Arch, arch_from_state, arch_label, check_layout, dump_model_yaml,
-                     load_pdparams, model_config, name_list, pdparams_path, require_file,
-                     save_pdparams_writer, square_grid, state_shapes, strip_pdparams, summary,
-                     text_writer, write_outputs)
+                     model_config, name_list, require_file, square_grid, state_shapes,
+                     strip_pdparams, summary, text_writer, write_outputs)
 
 PRE_LINEN = {"MultiHeadDotProductAttention_0": "MultiHeadDotProductAttention_1",
              "LayerNorm_1": "LayerNorm_2", "MlpBlock_0": "MlpBlock_3"}
@@ -365,7 +365,7 @@ def npz_to_paddle(src, dst_prefix, check=False, log=print):
         from .reference import check_conversion
         result["check"] = check_conversion(params, state, cfg, arch, log=log)
     dst = dst_prefix + ".pdparams"
-    write_outputs({dst: save_pdparams_writer(state),
+    write_outputs({dst: lambda tmp: save_pickle(state, tmp),
                    dst_prefix + ".yaml": text_writer(dump_model_yaml(cfg))})
     notes = arch.extra.get("notes")
     log(summary(arch, state, dst) + (f" ({'; '.join(notes)})" if notes else ""))
@@ -402,8 +402,8 @@ def resolve_model_kwargs(cfg):
 def paddle_to_npz(src_prefix, dst, model_config_path=None, log=print):
     """`tools/convert.py paddle2npz`: our/PLSC .pdparams -> released-layout npz."""
     src_prefix = strip_pdparams(src_prefix)
-    path = pdparams_path(src_prefix)
-    state = load_pdparams(path)
+    path = src_prefix + ".pdparams"
+    state = read_state(path)
     if model_config_path is None and os.path.exists(src_prefix + ".yaml"):
         model_config_path = src_prefix + ".yaml"
     heads = None

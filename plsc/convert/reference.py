@@ -130,11 +130,11 @@ def check_conversion(params, state, model_cfg, arch, log=print, seed=0, batch=2,
     import paddle
 
     from ..models import build_model
-    from .pretrained import assign_state
+    from ..weights import assign
 
     model = build_model(dict(model_cfg))
     model.eval()
-    assign_state(model, state, "converted state")
+    assign(model, state, "converted state")
     rng = np.random.default_rng(seed)
     x = rng.standard_normal((batch, arch.in_chans, arch.img_size, arch.img_size)).astype(np.float32)
     ref = official_forward(params, arch, x)

@@ -20,8 +20,9 @@ and should behave as there.
 import numpy as np
 
 from ..errors import ConfigError, DataError
-from .common import (arch_from_state, arch_label, check_layout, dump_model_yaml, load_pdparams,
-                     model_config, pdparams_path, require_file, save_pdparams_writer,
+from ..weights import read_state, save_pickle
+from .common import (arch_from_state, arch_label, check_layout, dump_model_yaml,
+                     model_config, require_file,
                      state_shapes, strip_pdparams, summary, text_writer, write_outputs)
 
 RENAMES = {"head0.weight": "pre_logits.fc.weight", "head0.bias": "pre_logits.fc.bias"}
@@ -98,7 +99,7 @@ def timm_to_paddle(src, dst_prefix, num_heads=None, act="gelu", log=print):
     dst_prefix = strip_pdparams(dst_prefix)
     cfg = model_config(arch, act=act)
     dst = dst_prefix + ".pdparams"
-    write_outputs({dst: save_pdparams_writer(state),
+    write_outputs({dst: lambda tmp: save_pickle(state, tmp),
                    dst_prefix + ".yaml": text_writer(dump_model_yaml(cfg))})
     log(summary(arch, state, dst) + f" (from timm, act {act})")
     return {"arch": arch, "model_config": cfg, "state": state}
@@ -106,8 +107,8 @@ def timm_to_paddle(src, dst_prefix, num_heads=None, act="gelu", log=print):
 
 def paddle_to_timm(src_prefix, dst, log=print):
     """`tools/convert.py paddle2timm`: our/PLSC .pdparams -> timm-named safetensors."""
-    path = pdparams_path(strip_pdparams(src_prefix))
-    state = load_pdparams(path)
+    path = strip_pdparams(src_prefix) + ".pdparams"
+    state = read_state(path)
     # Heads do not change the fused layout: any value passes the check.
     arch = arch_from_state(state, path, num_heads=1)
     if arch.resnet_layers is not None:

@@ -9,7 +9,6 @@ import logging
 import multiprocessing
 import operator
 import os
-import pickle
 import tarfile
 from typing import Optional
 
@@ -17,6 +16,7 @@ import numpy as np
 
 from ..errors import ConfigError, DataError
 from ..registry import DATASETS
+from ..weights import loads_pickle
 from .transforms import ImageDecodeError, apply_operators, create_operators
 
 logger = logging.getLogger("plsc")
@@ -293,12 +293,13 @@ def _read_members(data_file, names, title):
 
 
 def _unpickle(data, data_file, name):
-    # The official CIFAR format is a Python pickle, and unpickling runs code: the archive must
-    # come from a trusted source (the official download).
-    try:
-        return pickle.loads(data, encoding="bytes")
-    except Exception as e:  # any unpickling failure means a damaged or foreign file
-        raise DataError(f"{data_file}: cannot unpickle '{name}' ({type(e).__name__})") from None
+    # The official CIFAR format is a (Python 2) pickle: read weights-only, so a crafted archive
+    # can hold nothing but dicts, lists, bytes, numbers and numpy arrays - and run nothing.
+    batch = loads_pickle(data, f"{data_file}: '{name}'", encoding="bytes")
+    if type(batch) is not dict:
+        raise DataError(f"{data_file}: '{name}' is not a dict; expected the python version "
+                        f"of CIFAR")
+    return batch
 
 
 @DATASETS.register()

@@ -73,7 +73,8 @@ def build_model(cfg, ctx):
         from ..convert.pretrained import load_pretrained
 
         load_pretrained(model, g.pretrained_model, finetune=g.finetune,
-                        pos_embed_interp=g.pos_embed_interp, log=ctx.logger.info)
+                        pos_embed_interp=g.pos_embed_interp, log=ctx.logger.info,
+                        source="Global.pretrained_model")
     if cfg.DistributedStrategy.recompute:
         model.set_grad_checkpointing(True)
     return model

@@ -20,23 +20,24 @@ import os
 import re
 import zlib
 
-import numpy as np
 import paddle
 
 from ..errors import ConfigError
+from ..weights import assign, load_pickle, save_pickle
 from . import distributed, rng
 
 EXTS = (".pdparams", ".pdopt", ".pdstates")
 STATES_FORMAT = "plsc-states-1"
 
 
-# The only two places that (un)pickle checkpoint files: a restricted loader swaps in here.
+# The only two places that (un)pickle checkpoint files. Reading is weights-only (plsc.weights'
+# restricted unpickler): a checkpoint handed to us cannot run code.
 def _dump(obj, path):
-    paddle.save(obj, path)
+    save_pickle(obj, path)
 
 
-def _load(path):
-    return paddle.load(path)
+def _load(path, source):
+    return load_pickle(path, source)
 
 
 def _fsync_file(path):
@@ -180,28 +181,8 @@ def load_resume(prefix, log=None):
         else:
             raise ConfigError(f"Global.checkpoint: {reason} "
                               f"(resume needs {', '.join(os.path.basename(prefix) + e for e in EXTS)})")
-    return _load(prefix + ".pdparams"), _load(prefix + ".pdopt"), load_states(prefix)
-
-
-def set_model_state(model, state, source):
-    """Strict load: every key present with the same shape (Paddle only warns on mismatches)."""
-    own = model.state_dict()
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    wrong = [f"{k} {list(state[k].shape)} vs model {list(own[k].shape)}"
-             for k in own if k in state and list(state[k].shape) != list(own[k].shape)]
-    problems = []
-    if missing:
-        problems.append("missing " + ", ".join(missing[:8]) + (" ..." if len(missing) > 8 else ""))
-    if unexpected:
-        problems.append("unexpected " + ", ".join(unexpected[:8]) + (" ..." if len(unexpected) > 8 else ""))
-    if wrong:
-        problems.append("shape mismatch " + "; ".join(wrong[:8]))
-    if problems:
-        raise ConfigError(f"{source} does not match the model: " + " | ".join(problems))
-    for k, v in own.items():
-        t = state[k] if isinstance(state[k], paddle.Tensor) else paddle.to_tensor(np.asarray(state[k]))
-        v.set_value(t.astype(v.dtype) if t.dtype != v.dtype else t)
+    return (_load(prefix + ".pdparams", "Global.checkpoint"), _load(prefix + ".pdopt", "Global.checkpoint"),
+            load_states(prefix))
 
 
 def epoch_checkpoints(directory):
@@ -239,7 +220,7 @@ def capture(t):
 def restore(t, loaded, source):
     """Put what capture() saved back into trainer `t` (built with the checkpoint's seed)."""
     params, opt, st = loaded
-    set_model_state(t.model, params, source)
+    assign(t.model, params, source)
     load_optimizer_state(t.optim.optimizer, t.model, opt["optimizer"])
     if opt.get("lr_scheduler"):
         t.lr_scheduler.set_state_dict(opt["lr_scheduler"])
