@@ -419,7 +419,7 @@ def test_override_errors(tmp_path):
         "(list of length 1)")
     assert error_of(load, path, ["Metric.Train.TopkAcc.topk=[1]"]) == (
         "override 'Metric.Train.TopkAcc.topk=[1]': 'Metric.Train' is a list; address its items "
-        "by index 0..0, got 'TopkAcc'")
+        "by index 0..0 (or add one with '+' / '+N'), got 'TopkAcc'")
     assert error_of(load, path, ["Model.class_num.x=1"]) == (
         "override 'Model.class_num.x=1': 'Model.class_num' is int 10, not a section with keys")
     assert error_of(load, path, ["Global..epochs=1"]) == (
@@ -488,7 +488,7 @@ def test_unknown_key_with_suggestion_from_file_and_override(tmp_path):
 def test_wrong_type_names_expected_got_and_source(tmp_path):
     path = write(tmp_path, "x.yaml", MINIMAL)
     assert error_of(load, path, ["Global.epochs=ten"]) == (
-        "Global.epochs: expected int, got str 'ten' (from -o Global.epochs=ten)")
+        "Global.epochs: expected int >= 1, got str 'ten' (from -o Global.epochs=ten)")
     assert error_of(load, path, ["Global.seed=1.5"]) == (
         "Global.seed: expected int or null, got float 1.5 (from -o Global.seed=1.5)")
     assert error_of(load, path, ["Global.finetune=1"]) == (
@@ -499,7 +499,7 @@ def test_wrong_type_names_expected_got_and_source(tmp_path):
         "FP16.fp16_custom_white_list: expected list of str, got list [True] "
         "(from -o FP16.fp16_custom_white_list=[True])")
     bad = write(tmp_path, "bad.yaml", MINIMAL, "Global:\n  epochs: 2.5\n")
-    assert error_of(load, bad) == f"Global.epochs: expected int, got float 2.5 (from {bad})"
+    assert error_of(load, bad) == f"Global.epochs: expected int >= 1, got float 2.5 (from {bad})"
     bad = write(tmp_path, "sec.yaml", MINIMAL, "Global: [1]\n")
     assert error_of(load, bad) == f"Global: expected a mapping, got list [1] (from {bad})"
 
@@ -597,14 +597,14 @@ def test_grad_clip_is_validated(tmp_path):
     assert load(path).Optimizer.grad_clip is None
     o = "Optimizer.grad_clip={name: ClipGradByNorm, clip_norm: 1}"
     assert error_of(load, path, [o]) == (
-        f"Optimizer.grad_clip.name: expected one of ClipGradByGlobalNorm, got str "
-        f"'ClipGradByNorm' (from -o {o})")
+        f"Optimizer.grad_clip.name: unknown grad clip 'ClipGradByNorm' (from -o {o}); "
+        "did you mean 'ClipGradByGlobalNorm'?")
     o = "Optimizer.grad_clip={name: ClipGradByGlobalNorm}"
     assert error_of(load, path, [o]) == (
-        f"Optimizer.grad_clip: missing key 'clip_norm' (float) (from -o {o})")
+        f"Optimizer.grad_clip: missing key 'clip_norm' (float > 0) (from -o {o})")
     o = "Optimizer.grad_clip.clip_norm=big"
     assert error_of(load, path, [o, "Optimizer.grad_clip.name=ClipGradByGlobalNorm"]) == (
-        f"Optimizer.grad_clip.clip_norm: expected float, got str 'big' (from -o {o})")
+        f"Optimizer.grad_clip.clip_norm: expected float > 0, got str 'big' (from -o {o})")
     o = "Optimizer.grad_clip.clip_nrom=1"
     assert error_of(load, path, ["Optimizer.grad_clip.name=ClipGradByGlobalNorm", o]) == (
         f"unknown key 'Optimizer.grad_clip.clip_nrom' (from -o {o}); "

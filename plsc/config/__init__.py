@@ -20,14 +20,15 @@ from .layering import load_layered, source_of
 from .overrides import apply_overrides
 from .schema import FIXED_SECTIONS, LOADER_SCHEMA, Field
 from .types import Rule, between, ge, gt
-from .validate import check_component, check_data_split, check_op_list, validate_config
+from .validate import (check_component, check_data_split, check_dataset, check_op_list,
+                       validate_config)
 from .values import parse_value
 from .yaml_io import dump_config, load_yaml
 
 __all__ = [
     "AttrDict", "Field", "FIXED_SECTIONS", "LOADER_SCHEMA", "Rule", "between", "ge", "gt",
     "get_config", "load_yaml", "parse_value", "apply_overrides", "validate_config",
-    "check_component", "check_op_list", "check_data_split", "dump_config", "source_of",
+    "check_component", "check_op_list", "check_dataset", "check_data_split", "dump_config", "source_of",
 ]
 
 

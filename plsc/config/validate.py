@@ -37,10 +37,10 @@ def check_component(registry, cfg, section=None):
     `section` ("Optimizer", "DataLoader.Train.sampler") names the keys in errors; default:
     the component's name.
     """
-    if not isinstance(cfg, dict) or "name" not in cfg:
-        raise ConfigError(f"a {registry.kind} config needs a 'name' key, got {cfg!r}")
-    if not section:
-        registry.get(cfg["name"])  # "unknown model 'X'; did you mean ..." names no key path
+    if not section:  # errors name the component, there is no key path
+        if not isinstance(cfg, dict) or "name" not in cfg:
+            raise ConfigError(f"a {registry.kind} config needs a 'name' key, got {cfg!r}")
+        registry.get(cfg["name"])
     path = tuple(section.split(".")) if section else (str(cfg["name"]),)
     return _Validator({}, {}).component(cfg, registry, path)
 
@@ -48,6 +48,11 @@ def check_component(registry, cfg, section=None):
 def check_op_list(registry, list_cfg, section):
     """PLSC's `[{Name: {kwargs} or null}, ...]` for `registry`, validated."""
     return _Validator({}, {}).op_list(list_cfg, registry, tuple(section.split(".")))
+
+
+def check_dataset(cfg, section):
+    """A dataset section ({name, ..., transform_ops, batch_transform_ops}), validated."""
+    return _Validator({}, {}).dataset(cfg, tuple(section.split(".")))
 
 
 def check_data_split(section_cfg, section):

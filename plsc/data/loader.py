@@ -14,7 +14,7 @@ from typing import Any, Callable, Optional
 import numpy as np
 
 from .. import errors
-from ..config import check_component, check_data_split
+from ..config import check_data_split, check_dataset
 from ..errors import DataError, PlscError
 from ..registry import DATASETS, SAMPLERS
 from .batch_transforms import create_batch_transform
@@ -128,7 +128,7 @@ def _worker_init(worker_id):
 def build_dataset(dataset_cfg, section="dataset"):
     """Build a dataset from {name, ..., transform_ops, batch_transform_ops}; transform_ops are
     built through TRANSFORMS, batch_transform_ops are left to build_batch_transform."""
-    cfg = dict(check_component(DATASETS, dataset_cfg, section))
+    cfg = dict(check_dataset(dataset_cfg, section))
     cfg.pop("batch_transform_ops", None)
     if "transform_ops" in cfg:
         cfg["transform_ops"] = create_operators(cfg["transform_ops"], f"{section}.transform_ops")
