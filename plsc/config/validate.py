@@ -41,8 +41,9 @@ def check_component(registry, cfg, section=None):
         if not isinstance(cfg, dict) or "name" not in cfg:
             raise ConfigError(f"a {registry.kind} config needs a 'name' key, got {cfg!r}")
         registry.get(cfg["name"])
-    path = tuple(section.split(".")) if section else (str(cfg["name"]),)
-    return _Validator({}, {}).component(cfg, registry, path)
+        # the path starts with the component's name, which is no config key: suggest bare keys
+        return _Validator({}, {}, named=True).component(cfg, registry, (str(cfg["name"]),))
+    return _Validator({}, {}).component(cfg, registry, tuple(section.split(".")))
 
 
 def check_op_list(registry, list_cfg, section):
@@ -61,9 +62,10 @@ def check_data_split(section_cfg, section):
 
 
 class _Validator:
-    def __init__(self, sources, registries):
+    def __init__(self, sources, registries, named=False):
         self.sources = sources
         self.registries = dict(registries or {})
+        self.named = named
 
     # -- helpers
     def registry(self, name):
@@ -79,7 +81,7 @@ class _Validator:
 
     def unknown(self, path, accepted):
         where = origin_suffix(self.sources, path)
-        prefix = key_str(path[:-1])
+        prefix = "" if self.named and len(path) == 2 else key_str(path[:-1])
         full = (lambda k: f"{prefix}.{k}") if prefix else (lambda k: str(k))
         accepted = list(dict.fromkeys(str(a) for a in accepted))
         close = closest(path[-1], accepted, n=1)
