@@ -872,3 +872,86 @@ def test_a_number_where_a_string_is_expected_is_its_text(tmp_path):
     assert load(path, ["Global.output_dir=123"], validate=False).Global.output_dir == 123
     cfg = load(path, ["Global.output_dir=123", "Global.checkpoint=7"])
     assert cfg.Global.output_dir == "123" and cfg.Global.checkpoint == "7"
+
+
+# ----------------------------------------------------------------------------- list insert/append
+
+LIST_CFG = """
+DataLoader:
+  Eval:
+    dataset:
+      name: ImageNetDataset
+      image_root: d
+      cls_label_path: d/l.txt
+      transform_ops:
+        - DecodeImage:
+        - CenterCropImage: {size: 8}
+    sampler: {name: DistributedBatchSampler, batch_size: 2}
+"""
+
+
+def test_override_inserts_and_appends_list_items(tmp_path):
+    path = write(tmp_path, "x.yaml", MINIMAL, LIST_CFG)
+    ops = "DataLoader.Eval.dataset.transform_ops"
+    cfg = load(path, [f"{ops}.+1={{ResizeImage: {{resize_short: 36}}}}",
+                      f"{ops}.+={{ToCHWImage: null}}", f"{ops}.+0={{DecodeImage: {{to_rgb: false}}}}"])
+    assert cfg.DataLoader.Eval.dataset.transform_ops == [
+        {"DecodeImage": {"to_rgb": False}}, {"DecodeImage": None},
+        {"ResizeImage": {"resize_short": 36}}, {"CenterCropImage": {"size": 8}},
+        {"ToCHWImage": None}]
+    # provenance follows the items that moved
+    assert source_of(cfg, ops + ".2.ResizeImage.resize_short") == (
+        f"-o {ops}.+1={{ResizeImage: {{resize_short: 36}}}}")
+    assert source_of(cfg, ops + ".3.CenterCropImage.size") == str(path)
+    # an appended item is validated like any other
+    assert error_of(load, path, [f"{ops}.+={{ResizeImag: null}}"]) == (
+        f"{ops}.2: unknown transform 'ResizeImag' (from -o {ops}.+={{ResizeImag: null}}); "
+        "did you mean 'ResizeImage' or 'NormalizeImage' or 'DecodeImage'?")
+    # a list that does not exist yet is created
+    cfg = load(path, ["Metric.Eval.+={TopkAcc: {topk: [1]}}"])
+    assert cfg.Metric.Eval == [{"TopkAcc": {"topk": [1]}}]
+
+
+def test_override_insert_errors_name_the_key(tmp_path):
+    path = write(tmp_path, "x.yaml", MINIMAL, LIST_CFG)
+    ops = "DataLoader.Eval.dataset.transform_ops"
+    assert error_of(load, path, [f"{ops}.+3=ToCHWImage"]) == (
+        f"override '{ops}.+3=ToCHWImage': '+3' is not a position in '{ops}'; expected '+' "
+        "(append) or '+N' with N in 0..2")
+    assert error_of(load, path, [f"{ops}.+x=ToCHWImage"]) == (
+        f"override '{ops}.+x=ToCHWImage': '+x' is not a position in '{ops}'; expected '+' "
+        "(append) or '+N' with N in 0..2")
+    assert error_of(load, path, ["Model.+=1"]) == (
+        "override 'Model.+=1': '+' adds a list item, but 'Model' is dict "
+        "{'name': 'VisionTransformer', 'class_num': 10}, not a list")
+    assert error_of(load, path, [f"{ops}.+.DecodeImage=null"]) == (
+        f"override '{ops}.+.DecodeImage=null': '+' must be the last part of the key (give the "
+        "whole item as the value)")
+
+
+def test_plsc_compatibility_keys_accept_only_their_value(tmp_path):
+    path = write(tmp_path, "x.yaml", MINIMAL,
+                 "DistributedStrategy: {data_parallel: True}\nExport: {export_type: paddle}\n")
+    cfg = load(path)
+    assert cfg.DistributedStrategy.data_parallel is True and cfg.Export.export_type == "paddle"
+    assert error_of(load, path, ["DistributedStrategy.data_parallel=False"]) == (
+        "DistributedStrategy.data_parallel: expected one of True, got bool False "
+        "(from -o DistributedStrategy.data_parallel=False)")
+    assert error_of(load, path, ["Export.export_type=onnx"]) == (
+        "Export.export_type: expected one of paddle, got str 'onnx' "
+        "(from -o Export.export_type=onnx)")
+
+
+def test_schema_ranges_match_what_the_engine_accepts(tmp_path):
+    path = write(tmp_path, "x.yaml", MINIMAL)
+    # -1 keeps every epoch_N checkpoint (engine); 0 epochs would give an empty LR schedule
+    assert load(path, ["Global.max_num_latest_checkpoint=-1"]).Global.max_num_latest_checkpoint == -1
+    assert error_of(load, path, ["Global.epochs=0"]) == (
+        "Global.epochs: expected int >= 1, got int 0 (from -o Global.epochs=0)")
+
+
+def test_accepted_keys_are_listed_once(tmp_path):
+    path = write(tmp_path, "x.yaml", MINIMAL, "Optimizer: {name: Momentum}\n")
+    assert error_of(load, path, ["Optimizer.zzzzzz=1"]) == (
+        "unknown key 'Optimizer.zzzzzz' (from -o Optimizer.zzzzzz=1); accepted keys: name, "
+        "parameters, momentum, weight_decay, grad_clip")

@@ -314,3 +314,27 @@ def test_default_exemption_covers_the_hybrid_group_norms():
     assert gn and gn <= no_decay
     assert all(".conv" not in n or n.endswith("bias") for n in no_decay)
     assert "patch_embed.backbone.root.conv.weight" in {n for n, _ in decay}
+
+
+def test_absent_no_weight_decay_name_asks_the_model():
+    model = make_model()
+    model.no_weight_decay = lambda: {"pos_embed", "head.bias"}
+    _, no_decay = split_decay(model)
+    assert {n for n, _ in no_decay} == {"pos_embed", "head.bias"}
+    sched = build_lr_scheduler({"name": "Constant", "learning_rate": 0.1}, 1, 1)
+    opt, _ = build_optimizer({"name": "AdamW", "weight_decay": 0.1}, sched, model)
+    exempt = {p.name for n, p in model.named_parameters() if n in {"pos_embed", "head.bias"}}
+    assert all(opt._apply_decay_param_fun(p.name) == (p.name not in exempt)
+               for p in model.parameters())
+    # an explicit value wins over the model: null decays all, a string keeps its regexes
+    assert split_decay(model, None)[1] == []
+    assert {n for n, _ in split_decay(model, "cls_token")[1]} == {"cls_token"}
+
+
+def test_converter_reads_yaml_with_the_project_loader(tmp_path):
+    from plsc.convert.npz import read_model_config
+
+    path = tmp_path / "m.yaml"
+    path.write_text("Model:\n  name: VisionTransformer\n  epsilon: 1e-6\n  betas: (0.9, 0.999)\n")
+    assert read_model_config(str(path)) == {"name": "VisionTransformer", "epsilon": 1e-6,
+                                            "betas": [0.9, 0.999]}
