@@ -15,7 +15,7 @@ from typing import Literal, Optional
 
 import numpy as np
 
-from ..errors import ConfigError, DataError
+from ..errors import DataError
 from ..registry import DATASETS
 from .transforms import ImageDecodeError, apply_operators, create_operators
 
