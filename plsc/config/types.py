@@ -97,19 +97,7 @@ def coerce(value, ann):
     seq = ann in (list, tuple) or origin in (list, tuple, collections.abc.Sequence,
                                              collections.abc.MutableSequence)
     if seq or ann in (collections.abc.Sequence, typing.Sequence, typing.List, typing.Tuple):
-        if not isinstance(value, (list, tuple)):
-            return NO
-        items = list(value)
-        if not args:
-            return items
-        if origin is tuple and not (len(args) == 2 and args[1] is Ellipsis):
-            if len(items) != len(args):
-                return NO
-            types_ = args
-        else:
-            types_ = [args[0]] * len(items)
-        out = [coerce(v, t) for v, t in zip(items, types_)]
-        return NO if any(v is NO for v in out) else out
+        return _coerce_items(value, origin, args)
     if ann is dict or origin in (dict, collections.abc.Mapping) or ann in (typing.Dict,
                                                                           collections.abc.Mapping):
         if not isinstance(value, dict):
@@ -121,6 +109,23 @@ def coerce(value, ann):
     if isinstance(ann, type):
         return value if isinstance(value, ann) else NO
     return value  # an annotation form we do not understand: do not block the user
+
+
+def _coerce_items(value, origin, args):
+    """A list/tuple value against List[T], Tuple[T, ...] or Tuple[A, B, ...]."""
+    if not isinstance(value, (list, tuple)):
+        return NO
+    items = list(value)
+    if not args:
+        return items
+    if origin is tuple and not (len(args) == 2 and args[1] is Ellipsis):
+        if len(items) != len(args):
+            return NO
+        types_ = args
+    else:
+        types_ = [args[0]] * len(items)
+    out = [coerce(v, t) for v, t in zip(items, types_)]
+    return NO if any(v is NO for v in out) else out
 
 
 def type_name(ann):
