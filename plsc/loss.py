@@ -8,13 +8,17 @@ Labels: int [B] or [B, 1] are hard class ids; float [B, C] are soft targets (mix
 multi-hot vectors (multi-label). Losses are computed in float32 whatever the logits' dtype,
 because softmax/log-sum-exp in fp16 loses too much.
 """
-from typing import Optional
+from typing import Annotated, Literal, Optional
 
 import paddle
 import paddle.nn.functional as F
 
+from .config import between, ge
 from .errors import ConfigError
 from .registry import LOSSES
+
+Weight = Annotated[float, ge(0)]
+Epsilon = Optional[Annotated[float, between(0, 1, hi_open=True)]]  # null or 0: no smoothing
 
 
 def split_labels(logits, labels):
@@ -34,21 +38,6 @@ def _one_hot(hard, num_classes):
     return F.one_hot(hard, num_classes).astype("float32")
 
 
-def _check_weight(name, weight):
-    if isinstance(weight, bool) or not isinstance(weight, (int, float)) or weight < 0:
-        raise ConfigError(f"{name}.weight must be a number >= 0, got {weight!r}")
-    return float(weight)
-
-
-def _check_epsilon(name, epsilon):
-    if epsilon is None:
-        return 0.0
-    if isinstance(epsilon, bool) or not isinstance(epsilon, (int, float)) \
-            or not 0.0 <= epsilon < 1.0:
-        raise ConfigError(f"{name}.epsilon must be a number in [0, 1) or null, got {epsilon!r}")
-    return float(epsilon)
-
-
 @LOSSES.register()
 class CELoss:
     """Softmax cross entropy, mean over the batch, with optional label smoothing:
@@ -59,9 +48,9 @@ class CELoss:
     epsilon null or 0: no smoothing.
     """
 
-    def __init__(self, weight: float = 1.0, epsilon: Optional[float] = None):
-        self.weight = _check_weight("CELoss", weight)
-        self.epsilon = _check_epsilon("CELoss", epsilon)
+    def __init__(self, weight: Weight = 1.0, epsilon: Epsilon = None):
+        self.weight = weight
+        self.epsilon = epsilon or 0.0
 
     def __call__(self, logits, labels):
         x = logits.astype("float32")
@@ -93,12 +82,10 @@ class ViTCELoss:
     1e-4 explicitly and the fine-tuning configs leave it out).
     """
 
-    def __init__(self, weight: float = 1.0, epsilon: Optional[float] = None,
-                 type: str = "sigmoid"):  # noqa: A002  (the config key is `type`)
-        self.weight = _check_weight("ViTCELoss", weight)
-        self.epsilon = _check_epsilon("ViTCELoss", epsilon)
-        if type not in ("sigmoid", "softmax"):
-            raise ConfigError(f"ViTCELoss.type must be one of sigmoid, softmax; got {type!r}")
+    def __init__(self, weight: Weight = 1.0, epsilon: Epsilon = None,
+                 type: Literal["sigmoid", "softmax"] = "sigmoid"):  # noqa: A002 (PLSC's key)
+        self.weight = weight
+        self.epsilon = epsilon or 0.0
         self.type = type
 
     def __call__(self, logits, labels):
@@ -119,8 +106,8 @@ class ViTCELoss:
 class SoftTargetCELoss:
     """-(target * log_softmax(x)).sum(-1).mean() for soft targets (hard labels act one-hot)."""
 
-    def __init__(self, weight: float = 1.0):
-        self.weight = _check_weight("SoftTargetCELoss", weight)
+    def __init__(self, weight: Weight = 1.0):
+        self.weight = weight
 
     def __call__(self, logits, labels):
         x = logits.astype("float32")

@@ -5,10 +5,12 @@ samples in the batch. The engine sums counts over batches and ranks and divides 
 exact number of samples, so uneven last batches and the distributed sampler's padding (dropped
 by the engine) cannot skew the average.
 """
+from typing import Annotated, List
+
 import numpy as np
 import paddle
 
-from .errors import ConfigError
+from .config import Rule, ge
 from .loss import split_labels
 from .registry import METRICS
 
@@ -25,10 +27,8 @@ class TopkAcc:
     """Count of samples whose label is among the k highest logits, for each k in `topk`
     (keys `top{k}`). A k larger than the number of classes counts every sample."""
 
-    def __init__(self, topk: list = (1, 5)):
-        if isinstance(topk, (bool, str)) or not isinstance(topk, (list, tuple)) or not topk \
-                or any(isinstance(k, bool) or not isinstance(k, int) or k < 1 for k in topk):
-            raise ConfigError(f"TopkAcc.topk must be a list of integers >= 1, got {topk!r}")
+    def __init__(self, topk: Annotated[List[Annotated[int, ge(1)]],
+                                       Rule("(at least one)", bool)] = (1, 5)):
         self.topk = sorted(set(topk))
 
     @paddle.no_grad()

@@ -1,18 +1,21 @@
-"""Registries: name -> component, and build-from-dict with clear errors.
+"""Registries: name -> component, and build-from-config with the config's own checks.
 
-A registered component is a class or function whose keyword arguments are the config keys
-it accepts. Annotate them (int, float, bool, str, list, dict, Optional[...]) so the config
-validator can type-check values before anything is built.
+A registered component is a class or function whose parameters are its schema: each config
+key is a parameter with a type annotation (ranges as `Annotated[float, ge(0)]`, choices as
+`Literal[...]`, see plsc/config/types.py) and a default. Objects that are not config keys (a
+model, the step count, a rank) are declared with `runtime=` at registration: the validator never
+offers or accepts them, and the caller passes them to `build(cfg, **runtime)` (as mmengine's
+default_args). A rule spanning several keys is `check=fn(values) -> problem or None`, called
+with every key (defaults filled in).
 """
-import difflib
 import inspect
 
+from .config.types import closest
 from .errors import ConfigError
 
-
-def closest(name, candidates, n=3):
-    """The names in `candidates` that look most like `name` (for "did you mean")."""
-    return difflib.get_close_matches(str(name), list(candidates), n=n, cutoff=0.5)
+__all__ = ["Registry", "closest", "import_components", "MODELS", "LOSSES", "OPTIMIZERS",
+           "LR_SCHEDULERS", "DATASETS", "TRANSFORMS", "BATCH_TRANSFORMS", "SAMPLERS", "METRICS",
+           "GRAD_CLIPS"]
 
 
 def _qualname(obj):
@@ -23,8 +26,10 @@ class Registry:
     def __init__(self, kind):
         self.kind = kind  # "model", "loss", ...: used in error messages
         self._entries = {}
+        self._runtime = {}
+        self._checks = {}
 
-    def register(self, name=None):
+    def register(self, name=None, runtime=(), check=None):
         def decorator(obj):
             key = name or obj.__name__
             if key in self._entries:
@@ -34,6 +39,8 @@ class Registry:
                     f"{_qualname(first)} and {_qualname(obj)}"
                 )
             self._entries[key] = obj
+            self._runtime[key] = tuple(runtime)
+            self._checks[key] = check
             return obj
 
         return decorator
@@ -55,52 +62,37 @@ class Registry:
         return self._entries[name]
 
     def parameters(self, name):
-        """{arg: inspect.Parameter} the component accepts, or None if it takes **kwargs."""
+        """{config key: inspect.Parameter}, or None if the component takes **kwargs."""
         params = inspect.signature(self.get(name)).parameters
         if any(p.kind is p.VAR_KEYWORD for p in params.values()):
             return None
-        return {k: p for k, p in params.items() if k != "self" and p.kind is not p.VAR_POSITIONAL}
+        hidden = set(self._runtime[name]) | {"self"}
+        return {k: p for k, p in params.items()
+                if k not in hidden and p.kind is not p.VAR_POSITIONAL}
 
-    def check_kwargs(self, name, kwargs):
-        accepted = self.parameters(name)
-        if accepted is None:
-            return
-        for key in kwargs:
-            if key not in accepted:
-                close = closest(key, accepted)
-                hint = f"did you mean '{close[0]}'? " if close else ""
-                raise ConfigError(
-                    f"{self.kind} '{name}' got unexpected argument '{key}'; {hint}"
-                    f"it accepts: {', '.join(accepted) or 'no arguments'}"
-                )
+    def check_of(self, name):
+        """The cross-key rule of `name`, or None."""
+        self.get(name)
+        return self._checks[name]
 
-    def build(self, cfg, **extra):
-        """Build from {'name': ..., **kwargs}; `extra` are runtime arguments not in the config."""
-        if not isinstance(cfg, dict) or "name" not in cfg:
-            raise ConfigError(f"a {self.kind} config needs a 'name' key, got {cfg!r}")
+    def build(self, cfg, section=None, **runtime):
+        """Build from {'name': ..., **kwargs} after validating it; `runtime` objects are passed
+        as they are. `section` ("Optimizer") names the keys in errors."""
+        from .config.validate import check_component
+
+        cfg = check_component(self, cfg, section)
         kwargs = {k: v for k, v in cfg.items() if k != "name"}
-        self.check_kwargs(cfg["name"], kwargs)
-        return self.get(cfg["name"])(**kwargs, **extra)
-
+        return self.get(cfg["name"])(**kwargs, **runtime)
 
     def build_list(self, list_cfg, section):
         """Build PLSC's list form `[{Name: {kwargs} or null}, ...]` (losses, metrics,
         transforms) -> [(Name, component)]; `section` names the config key in errors."""
-        if list_cfg is None:
-            return []
-        if not isinstance(list_cfg, (list, tuple)):
-            raise ConfigError(f"{section}: expected a list of {{Name: {{args}}}} items, "
-                              f"got {list_cfg!r}")
+        from .config.validate import check_op_list
+
         built = []
-        for i, item in enumerate(list_cfg):
-            if not isinstance(item, dict) or len(item) != 1:
-                raise ConfigError(f"{section}.{i}: expected one {{Name: {{args}}}} item, "
-                                  f"got {item!r}")
+        for item in check_op_list(self, list_cfg, section) or []:
             (name, kwargs), = item.items()
-            if kwargs is not None and not isinstance(kwargs, dict):
-                raise ConfigError(f"{section}.{i}.{name}: expected a dict of arguments or null, "
-                                  f"got {kwargs!r}")
-            built.append((name, self.build({"name": name, **(kwargs or {})})))
+            built.append((name, self.get(name)(**(kwargs or {}))))
         return built
 
 
@@ -108,6 +100,7 @@ MODELS = Registry("model")
 LOSSES = Registry("loss")
 OPTIMIZERS = Registry("optimizer")
 LR_SCHEDULERS = Registry("lr scheduler")
+GRAD_CLIPS = Registry("grad clip")
 DATASETS = Registry("dataset")
 TRANSFORMS = Registry("transform")
 BATCH_TRANSFORMS = Registry("batch transform")

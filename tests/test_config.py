@@ -419,7 +419,7 @@ def test_override_errors(tmp_path):
         "(list of length 1)")
     assert error_of(load, path, ["Metric.Train.TopkAcc.topk=[1]"]) == (
         "override 'Metric.Train.TopkAcc.topk=[1]': 'Metric.Train' is a list; address its items "
-        "by index 0..0, got 'TopkAcc'")
+        "by index 0..0 (or add one with '+' / '+N'), got 'TopkAcc'")
     assert error_of(load, path, ["Model.class_num.x=1"]) == (
         "override 'Model.class_num.x=1': 'Model.class_num' is int 10, not a section with keys")
     assert error_of(load, path, ["Global..epochs=1"]) == (
@@ -488,7 +488,7 @@ def test_unknown_key_with_suggestion_from_file_and_override(tmp_path):
 def test_wrong_type_names_expected_got_and_source(tmp_path):
     path = write(tmp_path, "x.yaml", MINIMAL)
     assert error_of(load, path, ["Global.epochs=ten"]) == (
-        "Global.epochs: expected int, got str 'ten' (from -o Global.epochs=ten)")
+        "Global.epochs: expected int >= 1, got str 'ten' (from -o Global.epochs=ten)")
     assert error_of(load, path, ["Global.seed=1.5"]) == (
         "Global.seed: expected int or null, got float 1.5 (from -o Global.seed=1.5)")
     assert error_of(load, path, ["Global.finetune=1"]) == (
@@ -499,7 +499,7 @@ def test_wrong_type_names_expected_got_and_source(tmp_path):
         "FP16.fp16_custom_white_list: expected list of str, got list [True] "
         "(from -o FP16.fp16_custom_white_list=[True])")
     bad = write(tmp_path, "bad.yaml", MINIMAL, "Global:\n  epochs: 2.5\n")
-    assert error_of(load, bad) == f"Global.epochs: expected int, got float 2.5 (from {bad})"
+    assert error_of(load, bad) == f"Global.epochs: expected int >= 1, got float 2.5 (from {bad})"
     bad = write(tmp_path, "sec.yaml", MINIMAL, "Global: [1]\n")
     assert error_of(load, bad) == f"Global: expected a mapping, got list [1] (from {bad})"
 
@@ -597,14 +597,14 @@ def test_grad_clip_is_validated(tmp_path):
     assert load(path).Optimizer.grad_clip is None
     o = "Optimizer.grad_clip={name: ClipGradByNorm, clip_norm: 1}"
     assert error_of(load, path, [o]) == (
-        f"Optimizer.grad_clip.name: expected one of ClipGradByGlobalNorm, got str "
-        f"'ClipGradByNorm' (from -o {o})")
+        f"Optimizer.grad_clip.name: unknown grad clip 'ClipGradByNorm' (from -o {o}); "
+        "did you mean 'ClipGradByGlobalNorm'?")
     o = "Optimizer.grad_clip={name: ClipGradByGlobalNorm}"
     assert error_of(load, path, [o]) == (
-        f"Optimizer.grad_clip: missing key 'clip_norm' (float) (from -o {o})")
+        f"Optimizer.grad_clip: missing key 'clip_norm' (float > 0) (from -o {o})")
     o = "Optimizer.grad_clip.clip_norm=big"
     assert error_of(load, path, [o, "Optimizer.grad_clip.name=ClipGradByGlobalNorm"]) == (
-        f"Optimizer.grad_clip.clip_norm: expected float, got str 'big' (from -o {o})")
+        f"Optimizer.grad_clip.clip_norm: expected float > 0, got str 'big' (from -o {o})")
     o = "Optimizer.grad_clip.clip_nrom=1"
     assert error_of(load, path, ["Optimizer.grad_clip.name=ClipGradByGlobalNorm", o]) == (
         f"unknown key 'Optimizer.grad_clip.clip_nrom' (from -o {o}); "
@@ -872,3 +872,86 @@ def test_a_number_where_a_string_is_expected_is_its_text(tmp_path):
     assert load(path, ["Global.output_dir=123"], validate=False).Global.output_dir == 123
     cfg = load(path, ["Global.output_dir=123", "Global.checkpoint=7"])
     assert cfg.Global.output_dir == "123" and cfg.Global.checkpoint == "7"
+
+
+# ----------------------------------------------------------------------------- list insert/append
+
+LIST_CFG = """
+DataLoader:
+  Eval:
+    dataset:
+      name: ImageNetDataset
+      image_root: d
+      cls_label_path: d/l.txt
+      transform_ops:
+        - DecodeImage:
+        - CenterCropImage: {size: 8}
+    sampler: {name: DistributedBatchSampler, batch_size: 2}
+"""
+
+
+def test_override_inserts_and_appends_list_items(tmp_path):
+    path = write(tmp_path, "x.yaml", MINIMAL, LIST_CFG)
+    ops = "DataLoader.Eval.dataset.transform_ops"
+    cfg = load(path, [f"{ops}.+1={{ResizeImage: {{resize_short: 36}}}}",
+                      f"{ops}.+={{ToCHWImage: null}}", f"{ops}.+0={{DecodeImage: {{to_rgb: false}}}}"])
+    assert cfg.DataLoader.Eval.dataset.transform_ops == [
+        {"DecodeImage": {"to_rgb": False}}, {"DecodeImage": None},
+        {"ResizeImage": {"resize_short": 36}}, {"CenterCropImage": {"size": 8}},
+        {"ToCHWImage": None}]
+    # provenance follows the items that moved
+    assert source_of(cfg, ops + ".2.ResizeImage.resize_short") == (
+        f"-o {ops}.+1={{ResizeImage: {{resize_short: 36}}}}")
+    assert source_of(cfg, ops + ".3.CenterCropImage.size") == str(path)
+    # an appended item is validated like any other
+    assert error_of(load, path, [f"{ops}.+={{ResizeImag: null}}"]) == (
+        f"{ops}.2: unknown transform 'ResizeImag' (from -o {ops}.+={{ResizeImag: null}}); "
+        "did you mean 'ResizeImage' or 'NormalizeImage' or 'DecodeImage'?")
+    # a list that does not exist yet is created
+    cfg = load(path, ["Metric.Eval.+={TopkAcc: {topk: [1]}}"])
+    assert cfg.Metric.Eval == [{"TopkAcc": {"topk": [1]}}]
+
+
+def test_override_insert_errors_name_the_key(tmp_path):
+    path = write(tmp_path, "x.yaml", MINIMAL, LIST_CFG)
+    ops = "DataLoader.Eval.dataset.transform_ops"
+    assert error_of(load, path, [f"{ops}.+3=ToCHWImage"]) == (
+        f"override '{ops}.+3=ToCHWImage': '+3' is not a position in '{ops}'; expected '+' "
+        "(append) or '+N' with N in 0..2")
+    assert error_of(load, path, [f"{ops}.+x=ToCHWImage"]) == (
+        f"override '{ops}.+x=ToCHWImage': '+x' is not a position in '{ops}'; expected '+' "
+        "(append) or '+N' with N in 0..2")
+    assert error_of(load, path, ["Model.+=1"]) == (
+        "override 'Model.+=1': '+' adds a list item, but 'Model' is dict "
+        "{'name': 'VisionTransformer', 'class_num': 10}, not a list")
+    assert error_of(load, path, [f"{ops}.+.DecodeImage=null"]) == (
+        f"override '{ops}.+.DecodeImage=null': '+' must be the last part of the key (give the "
+        "whole item as the value)")
+
+
+def test_plsc_compatibility_keys_accept_only_their_value(tmp_path):
+    path = write(tmp_path, "x.yaml", MINIMAL,
+                 "DistributedStrategy: {data_parallel: True}\nExport: {export_type: paddle}\n")
+    cfg = load(path)
+    assert cfg.DistributedStrategy.data_parallel is True and cfg.Export.export_type == "paddle"
+    assert error_of(load, path, ["DistributedStrategy.data_parallel=False"]) == (
+        "DistributedStrategy.data_parallel: expected one of True, got bool False "
+        "(from -o DistributedStrategy.data_parallel=False)")
+    assert error_of(load, path, ["Export.export_type=onnx"]) == (
+        "Export.export_type: expected one of paddle, got str 'onnx' "
+        "(from -o Export.export_type=onnx)")
+
+
+def test_schema_ranges_match_what_the_engine_accepts(tmp_path):
+    path = write(tmp_path, "x.yaml", MINIMAL)
+    # -1 keeps every epoch_N checkpoint (engine); 0 epochs would give an empty LR schedule
+    assert load(path, ["Global.max_num_latest_checkpoint=-1"]).Global.max_num_latest_checkpoint == -1
+    assert error_of(load, path, ["Global.epochs=0"]) == (
+        "Global.epochs: expected int >= 1, got int 0 (from -o Global.epochs=0)")
+
+
+def test_accepted_keys_are_listed_once(tmp_path):
+    path = write(tmp_path, "x.yaml", MINIMAL, "Optimizer: {name: Momentum}\n")
+    assert error_of(load, path, ["Optimizer.zzzzzz=1"]) == (
+        "unknown key 'Optimizer.zzzzzz' (from -o Optimizer.zzzzzz=1); accepted keys: name, "
+        "parameters, momentum, weight_decay, grad_clip")

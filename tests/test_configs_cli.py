@@ -58,7 +58,7 @@ def test_print_config_prints_the_resolved_config():
     (["-o", "Global.epohcs=3"],
      "error: unknown key 'Global.epohcs' (from -o Global.epohcs=3); did you mean 'Global.epochs'?"),
     (["-o", "Global.epochs=ten"],
-     "error: Global.epochs: expected int, got str 'ten' (from -o Global.epochs=ten)"),
+     "error: Global.epochs: expected int >= 1, got str 'ten' (from -o Global.epochs=ten)"),
     (["-o", "Model.name=ViT_base_patch16_22"],
      "error: Model.name: unknown model 'ViT_base_patch16_22' (from -o Model.name=ViT_base_patch16_22);"
      " did you mean 'ViT_base_patch16_224'"),

@@ -133,14 +133,14 @@ def test_combined_loss_weights_and_keys(data):
 
 @pytest.mark.parametrize("cfg, message", [
     ([{"ViTCELoss": {"type": "sigmod"}}],
-     "ViTCELoss.type must be one of sigmoid, softmax; got 'sigmod'"),
-    ([{"CELoss": {"epsilon": 1.5}}], "CELoss.epsilon must be a number in [0, 1) or null, got 1.5"),
-    ([{"CELoss": {"weight": -1}}], "CELoss.weight must be a number >= 0, got -1"),
-    ([{"CELoss": {"eps": 0.1}}], "did you mean 'epsilon'"),
+     "Loss.Train.0.ViTCELoss.type: expected one of sigmoid, softmax, got str 'sigmod'"),
+    ([{"CELoss": {"epsilon": 1.5}}], "Loss.Train.0.CELoss.epsilon: expected float in [0, 1) or null, got float 1.5"),
+    ([{"CELoss": {"weight": -1}}], "Loss.Train.0.CELoss.weight: expected float >= 0, got int -1"),
+    ([{"CELoss": {"eps": 0.1}}], "unknown key 'Loss.Train.0.CELoss.eps'; did you mean 'Loss.Train.0.CELoss.epsilon'?"),
     ([{"CEloss": None}], "did you mean 'CELoss'"),
     ([], "Loss.Train must be a non-empty list"),
-    ([{"CELoss": None, "ViTCELoss": None}], "Loss.Train.0: expected one {Name: {args}} item"),
-    ([{"CELoss": 1.0}], "Loss.Train.0.CELoss: expected a dict of arguments or null"),
+    ([{"CELoss": None, "ViTCELoss": None}], "Loss.Train.0: expected a one-key mapping {loss name: {arguments}}, got dict "),
+    ([{"CELoss": 1.0}], "Loss.Train.0.CELoss: expected a mapping of arguments or null, got float 1.0"),
 ])
 def test_loss_config_errors(cfg, message):
     with pytest.raises(ConfigError) as e:
@@ -184,8 +184,10 @@ def test_topk_soft_labels_use_argmax_and_k_is_clamped():
 
 def test_metrics_empty_and_errors():
     assert build_metrics(None)(t32(np.zeros((2, 3))), t64i([0, 1])) == {}
-    for bad in ([0, 1], "1,5", [1.5]):
-        with pytest.raises(ConfigError, match="TopkAcc.topk must be a list of integers >= 1"):
+    for bad in ([0, 1], "1,5", [1.5], []):
+        with pytest.raises(ConfigError) as e:
             build_metrics([{"TopkAcc": {"topk": bad}}])
+        assert str(e.value).startswith("Metric.0.TopkAcc.topk: expected list of int >= 1 "
+                                       "(at least one), got ")
     with pytest.raises(ConfigError, match="did you mean 'TopkAcc'"):
         build_metrics([{"TopKAcc": None}])

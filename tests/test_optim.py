@@ -274,20 +274,27 @@ def test_published_plsc_keys_and_runtime_args_hidden():
 
 
 @pytest.mark.parametrize("cfg, message", [
-    ({"name": "AdamW", "eps": 1e-8}, "unexpected argument 'eps'; did you mean 'epsilon'?"),
+    ({"name": "AdamW", "eps": 1e-8}, "unknown key 'Optimizer.eps'; did you mean 'Optimizer.epsilon'?"),
     ({"name": "Adamw"}, "did you mean 'AdamW'"),
-    ({"name": "AdamW", "betas": [0.9]}, "Optimizer.betas must be a pair [beta1, beta2], got [0.9]"),
-    ({"name": "AdamW", "betas": [0.9, 1.0]}, "Optimizer.betas must be in [0, 1), got 1"),
-    ({"name": "AdamW", "weight_decay": -0.1}, "Optimizer.weight_decay must be >= 0, got -0.1"),
-    ({"name": "Momentum", "momentum": "0.9"}, "Optimizer.momentum must be a number, got '0.9'"),
+    ({"name": "AdamW", "betas": [0.9]}, "Optimizer.betas: expected list of 2 (float in [0, 1), float in [0, 1)), got list [0.9]"),
+    ({"name": "AdamW", "betas": [0.9, 1.0]}, "Optimizer.betas: expected list of 2 (float in [0, 1), float in [0, 1)), got list [0.9, 1.0]"),
+    ({"name": "AdamW", "weight_decay": -0.1}, "Optimizer.weight_decay: expected float >= 0, got float -0.1"),
+    ({"name": "Momentum", "momentum": "0.9"}, "Optimizer.momentum: expected float in [0, 1), got str '0.9'"),
     ({"name": "AdamW", "grad_clip": {"name": "ClipGradByNorm", "clip_norm": 1.0}},
      "did you mean 'ClipGradByGlobalNorm'"),
     ({"name": "AdamW", "grad_clip": {"name": "ClipGradByGlobalNorm", "clip_norm": 0}},
-     "Optimizer.grad_clip.clip_norm must be > 0, got 0"),
+     "Optimizer.grad_clip.clip_norm: expected float > 0, got int 0"),
     ({"name": "AdamW", "grad_clip": {"name": "ClipGradByGlobalNorm", "clipnorm": 1}},
-     "did you mean 'clip_norm'"),
+     "unknown key 'Optimizer.grad_clip.clipnorm'; did you mean 'Optimizer.grad_clip.clip_norm'?"),
     ({"name": "AdamW", "no_weight_decay_name": ["bias"]},
-     "Optimizer.no_weight_decay_name must be a string"),
+     "Optimizer.no_weight_decay_name: expected str of space-separated regular expressions or "
+     "null, got list ['bias']"),
+    ({"name": "AdamW", "no_weight_decay_name": "bias fc1("},
+     "Optimizer.no_weight_decay_name: expected str of space-separated regular expressions or "
+     "null, got str 'bias fc1('"),
+    ({"name": "AdamW", "grad_clip": {"clip_norm": 1.0}},
+     "Optimizer.grad_clip: missing key 'name' (the grad clip to build; registered: "
+     "ClipGradByGlobalNorm)"),
 ])
 def test_config_errors_are_one_line(cfg, message):
     sched = build_lr_scheduler({"name": "Constant", "learning_rate": 0.1}, 1, 1)
@@ -307,3 +314,27 @@ def test_default_exemption_covers_the_hybrid_group_norms():
     assert gn and gn <= no_decay
     assert all(".conv" not in n or n.endswith("bias") for n in no_decay)
     assert "patch_embed.backbone.root.conv.weight" in {n for n, _ in decay}
+
+
+def test_absent_no_weight_decay_name_asks_the_model():
+    model = make_model()
+    model.no_weight_decay = lambda: {"pos_embed", "head.bias"}
+    _, no_decay = split_decay(model)
+    assert {n for n, _ in no_decay} == {"pos_embed", "head.bias"}
+    sched = build_lr_scheduler({"name": "Constant", "learning_rate": 0.1}, 1, 1)
+    opt, _ = build_optimizer({"name": "AdamW", "weight_decay": 0.1}, sched, model)
+    exempt = {p.name for n, p in model.named_parameters() if n in {"pos_embed", "head.bias"}}
+    assert all(opt._apply_decay_param_fun(p.name) == (p.name not in exempt)
+               for p in model.parameters())
+    # an explicit value wins over the model: null decays all, a string keeps its regexes
+    assert split_decay(model, None)[1] == []
+    assert {n for n, _ in split_decay(model, "cls_token")[1]} == {"cls_token"}
+
+
+def test_converter_reads_yaml_with_the_project_loader(tmp_path):
+    from plsc.convert.npz import read_model_config
+
+    path = tmp_path / "m.yaml"
+    path.write_text("Model:\n  name: VisionTransformer\n  epsilon: 1e-6\n  betas: (0.9, 0.999)\n")
+    assert read_model_config(str(path)) == {"name": "VisionTransformer", "epsilon": 1e-6,
+                                            "betas": [0.9, 0.999]}

@@ -374,13 +374,10 @@ def npz_to_paddle(src, dst_prefix, check=False, log=print):
 
 def read_model_config(path):
     """The `Model:` section of a YAML written by the converters (or any plsc config)."""
-    import yaml
+    from ..config import load_yaml  # the project's loader: `epsilon: 1e-6` is a float
+
     require_file(path, "model config")
-    try:
-        with open(path) as f:
-            doc = yaml.safe_load(f)
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+    doc = load_yaml(path)
     if not isinstance(doc, dict) or not isinstance(doc.get("Model"), dict):
         raise ConfigError(f"{path}: expected a 'Model:' section")
     return dict(doc["Model"])

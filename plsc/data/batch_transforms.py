@@ -9,12 +9,17 @@ Each rank mixes its own local batch with a permutation of itself, like every dat
 Mixup implementation; the images are mixed with `x[perm]`.
 """
 import math
-from typing import Optional
+from typing import Annotated, Optional
 
 import numpy as np
 
+from ..config import between, ge, gt
 from ..errors import ConfigError
 from ..registry import BATCH_TRANSFORMS
+
+Alpha = Annotated[float, gt(0)]
+Probability = Annotated[float, between(0, 1)]
+ClassNum = Optional[Annotated[int, ge(1)]]  # null: the dataset's (or Model.class_num)
 
 
 def _is_numpy(x):
@@ -43,24 +48,18 @@ def _take(x, perm):
     return paddle.gather(x, paddle.to_tensor(perm, dtype="int64"), axis=0)
 
 
-def _check_alpha(op, alpha):
-    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or alpha <= 0:
-        raise ConfigError(f"{op}.alpha: expected a positive number, got {alpha!r}")
-    return float(alpha)
-
-
 def _check_prob(op, key, p):
+    # OpSampler's `prob` sits inside its free-form {Name: {args}} items, out of the schema's reach
     if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 <= p <= 1:
         raise ConfigError(f"{op}.{key}: expected a number in [0, 1], got {p!r}")
     return float(p)
 
 
-def _check_class_num(op, class_num):
+def _class_num(op, class_num):
+    """class_num, which may only arrive at build time (from the dataset or the model)."""
     if class_num is None:
         raise ConfigError(f"{op}: class_num is not set; give it in batch_transform_ops or set the "
                           "dataset's class_num")
-    if isinstance(class_num, bool) or not isinstance(class_num, int) or class_num <= 0:
-        raise ConfigError(f"{op}.class_num: expected a positive int, got {class_num!r}")
     return class_num
 
 
@@ -68,16 +67,15 @@ class _Mixer:
     """Shared plumbing: class_num (may come from the dataset at build time) and label mixing."""
 
     def __init__(self, alpha, class_num):
-        name = type(self).__name__
-        self.alpha = _check_alpha(name, alpha)
-        self.class_num = None if class_num is None else _check_class_num(name, class_num)
+        self.alpha = alpha
+        self.class_num = class_num
 
     def set_class_num(self, class_num):
         if self.class_num is None:
-            self.class_num = _check_class_num(type(self).__name__, class_num)
+            self.class_num = class_num
 
     def _mix_labels(self, labels, perm, lam):
-        y = soft_labels(labels, _check_class_num(type(self).__name__, self.class_num))
+        y = soft_labels(labels, _class_num(type(self).__name__, self.class_num))
         return y * lam + _take(y, perm) * (1.0 - lam)
 
     def __call__(self, images, labels, rng):
@@ -90,7 +88,7 @@ class _Mixer:
 class Mixup(_Mixer):
     """x = lam*x + (1-lam)*x[perm], same for the labels; lam ~ Beta(alpha, alpha)."""
 
-    def __init__(self, alpha: float = 0.8, class_num: Optional[int] = None):
+    def __init__(self, alpha: Alpha = 0.8, class_num: ClassNum = None):
         super().__init__(alpha, class_num)
 
     def mix(self, images, labels, rng, lam, perm):
@@ -112,7 +110,7 @@ def cutmix_box(height, width, lam, rng):
 class Cutmix(_Mixer):
     """Paste a box from x[perm] into x; labels mixed by the box's actual area fraction."""
 
-    def __init__(self, alpha: float = 1.0, class_num: Optional[int] = None):
+    def __init__(self, alpha: Alpha = 1.0, class_num: ClassNum = None):
         super().__init__(alpha, class_num)
 
     def mix(self, images, labels, rng, lam, perm):
@@ -130,13 +128,13 @@ class MixupCutmix:
     """Per batch: with probability `prob` mix, choosing Cutmix with `switch_prob` and Mixup
     otherwise (timm's scheme); else labels become one-hot and images pass through."""
 
-    def __init__(self, mixup_alpha: float = 0.8, cutmix_alpha: float = 1.0,
-                 switch_prob: float = 0.5, prob: float = 1.0, class_num: Optional[int] = None):
+    def __init__(self, mixup_alpha: Alpha = 0.8, cutmix_alpha: Alpha = 1.0,
+                 switch_prob: Probability = 0.5, prob: Probability = 1.0,
+                 class_num: ClassNum = None):
         self.mixup = Mixup(mixup_alpha, class_num)
         self.cutmix = Cutmix(cutmix_alpha, class_num)
-        self.choices = [(self.mixup, 1.0 - _check_prob("MixupCutmix", "switch_prob", switch_prob)),
-                        (self.cutmix, float(switch_prob))]
-        self.prob = _check_prob("MixupCutmix", "prob", prob)
+        self.choices = [(self.mixup, 1.0 - switch_prob), (self.cutmix, switch_prob)]
+        self.prob = prob
         self.class_num = class_num
 
     def set_class_num(self, class_num):
@@ -154,7 +152,7 @@ def _choose(choices, prob, images, labels, rng, class_num, name):
         weights = np.array([w for _, w in choices], dtype=np.float64)
         op = choices[int(rng.choice(len(choices), p=weights / weights.sum()))][0]
         return op(images, labels, rng)
-    return images, soft_labels(labels, _check_class_num(name, class_num))
+    return images, soft_labels(labels, _class_num(name, class_num))
 
 
 @BATCH_TRANSFORMS.register()
@@ -175,7 +173,8 @@ class OpSampler:
             if name in ("OpSampler", "MixupCutmix"):
                 raise ConfigError(f"OpSampler.{name}: only single transforms can be sampled")
             kwargs.setdefault("class_num", class_num)
-            self.choices.append((BATCH_TRANSFORMS.build({"name": name, **kwargs}), p))
+            self.choices.append((BATCH_TRANSFORMS.build({"name": name, **kwargs},
+                                                        f"OpSampler.{name}"), p))
         total = sum(p for _, p in self.choices)
         if total > 1 + 1e-6:
             raise ConfigError(f"OpSampler: the probs sum to {total:g}, more than 1")
@@ -189,7 +188,7 @@ class OpSampler:
 
     def __call__(self, images, labels, rng):
         if self.prob == 0:
-            return images, soft_labels(labels, _check_class_num("OpSampler", self.class_num))
+            return images, soft_labels(labels, _class_num("OpSampler", self.class_num))
         return _choose(self.choices, self.prob, images, labels, rng, self.class_num, "OpSampler")
 
 

@@ -10,11 +10,11 @@ import multiprocessing
 import operator
 import os
 import tarfile
-from typing import Optional
+from typing import Literal, Optional
 
 import numpy as np
 
-from ..errors import ConfigError, DataError
+from ..errors import DataError
 from ..registry import DATASETS
 from ..weights import loads_pickle
 from .transforms import ImageDecodeError, apply_operators, create_operators
@@ -136,7 +136,13 @@ def _check_exist(samples, list_path):
                         f"listed in {list_path} are missing)")
 
 
-@DATASETS.register()
+def _multi_label_needs_class_num(values):
+    if values["multi_label"] and values["class_num"] is None:
+        return "multi_label: True needs class_num"
+    return None
+
+
+@DATASETS.register(check=_multi_label_needs_class_num)
 class ImageNetDataset(FileImageDataset):
     """PLSC's list-file dataset: one `relative/path label` per line (`path l1,l2,...` when
     multi_label, giving a multi-hot float32 vector of length class_num)."""
@@ -146,8 +152,6 @@ class ImageNetDataset(FileImageDataset):
                  delimiter: Optional[str] = None, skip_bad_images: bool = False,
                  check_files: bool = True):
         super().__init__(transform_ops, skip_bad_images)
-        if multi_label and class_num is None:
-            raise ConfigError(f"{type(self).__name__}: multi_label: True needs class_num")
         if not os.path.isdir(image_root):
             raise DataError(f"image_root '{image_root}' is not a directory")
         if not os.path.isfile(cls_label_path):
@@ -232,9 +236,6 @@ class _CIFAR(BaseDataset):
 
     def __init__(self, data_file, mode="train", transform_ops=None):
         super().__init__(transform_ops)
-        if mode not in self.FILES:
-            raise ConfigError(f"{type(self).__name__}.mode: expected one of "
-                              f"{', '.join(self.FILES)}, got {mode!r}")
         if not os.path.exists(data_file):
             raise DataError(f"{self.TITLE} file '{data_file}' does not exist (plsc never downloads: "
                             f"get the python version archive yourself)")
@@ -310,7 +311,8 @@ class CIFAR10(_CIFAR):
     TITLE = "CIFAR-10"
     class_num = 10
 
-    def __init__(self, data_file: str, mode: str = "train", transform_ops: Optional[list] = None):
+    def __init__(self, data_file: str, mode: Literal["train", "test"] = "train",
+                 transform_ops: Optional[list] = None):
         super().__init__(data_file, mode, transform_ops)
 
 
@@ -322,7 +324,8 @@ class CIFAR100(_CIFAR):
     TITLE = "CIFAR-100"
     class_num = 100
 
-    def __init__(self, data_file: str, mode: str = "train", transform_ops: Optional[list] = None):
+    def __init__(self, data_file: str, mode: Literal["train", "test"] = "train",
+                 transform_ops: Optional[list] = None):
         super().__init__(data_file, mode, transform_ops)
 
 
@@ -331,13 +334,11 @@ class SyntheticShapes(ImageNetDataset):
     """A generated shapes dataset (plsc/data/synthetic.py): written to `root` on first use as
     JPEGs + list files, then read exactly like ImageNetDataset."""
 
-    def __init__(self, root: str, split: str = "train", num_classes: int = 6,
+    def __init__(self, root: str, split: Literal["train", "val"] = "train", num_classes: int = 6,
                  num_train: int = 3000, num_val: int = 600, image_size: int = 32, seed: int = 0,
                  transform_ops: Optional[list] = None):
-        from .synthetic import SPLITS, ensure_generated  # generator code only when used
+        from .synthetic import ensure_generated  # generator code only when used
 
-        if split not in SPLITS:
-            raise ConfigError(f"SyntheticShapes.split: expected one of {', '.join(SPLITS)}, got {split!r}")
         ensure_generated(root, num_classes, num_train, num_val, image_size, seed)
         super().__init__(image_root=root, cls_label_path=os.path.join(root, f"{split}_list.txt"),
                          transform_ops=transform_ops, class_num=num_classes)

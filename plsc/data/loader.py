@@ -14,12 +14,12 @@ from typing import Any, Callable, Optional
 import numpy as np
 
 from .. import errors
-from ..errors import ConfigError, DataError, PlscError
+from ..config import check_data_split, check_dataset
+from ..errors import DataError, PlscError
 from ..registry import DATASETS, SAMPLERS
 from .batch_transforms import create_batch_transform
 from .transforms import create_operators
 
-LOADER_KEYS = {"num_workers": 0, "use_shared_memory": True}
 # Paddle loads batches in a background thread (and worker processes): an exception raised while
 # loading kills its queue and the main thread only sees "SystemError: Blocking queue is killed".
 # So the loader's dataset and collate never raise: a failure travels as a marked batch through
@@ -125,18 +125,14 @@ def _worker_init(worker_id):
     cv2.setNumThreads(1)
 
 
-def build_dataset(dataset_cfg):
+def build_dataset(dataset_cfg, section="dataset"):
     """Build a dataset from {name, ..., transform_ops, batch_transform_ops}; transform_ops are
     built through TRANSFORMS, batch_transform_ops are left to build_batch_transform."""
-    if not isinstance(dataset_cfg, dict) or "name" not in dataset_cfg:
-        raise ConfigError(f"a dataset config needs a 'name' key, got {dataset_cfg!r}")
-    cfg = dict(dataset_cfg)
+    cfg = dict(check_dataset(dataset_cfg, section))
     cfg.pop("batch_transform_ops", None)
     if "transform_ops" in cfg:
-        # Unknown keys first: a typo should not wait for (or be hidden by) building transforms.
-        DATASETS.check_kwargs(cfg["name"], {k: v for k, v in cfg.items() if k != "name"})
-        cfg["transform_ops"] = create_operators(cfg["transform_ops"])
-    return DATASETS.build(cfg)
+        cfg["transform_ops"] = create_operators(cfg["transform_ops"], f"{section}.transform_ops")
+    return DATASETS.build(cfg, section)
 
 
 def build_batch_transform(dataset_cfg, class_num=None):
@@ -152,26 +148,19 @@ def build_dataloader(section_cfg, mode, rank=0, world_size=1, seed=0, class_num=
     if mode not in ("train", "eval"):
         raise ValueError(f"mode must be 'train' or 'eval', got {mode!r}")
     where = f"DataLoader.{mode.capitalize()}"
-    if not isinstance(section_cfg, dict):
-        raise ConfigError(f"{where}: expected a dict with dataset, sampler and loader, got {section_cfg!r}")
-    for key in ("dataset", "sampler"):
-        if key not in section_cfg:
-            raise ConfigError(f"{where}: missing '{key}'")
-    loader_cfg = dict(LOADER_KEYS, **(section_cfg.get("loader") or {}))
-    unknown = sorted(set(loader_cfg) - set(LOADER_KEYS))
-    if unknown:
-        raise ConfigError(f"unknown key '{where}.loader.{unknown[0]}'; it accepts: {', '.join(LOADER_KEYS)}")
-
-    dataset = build_dataset(section_cfg["dataset"])
+    section_cfg = check_data_split(section_cfg, where)
+    loader_cfg = section_cfg["loader"]
+    dataset = build_dataset(section_cfg["dataset"], f"{where}.dataset")
     batch_transform = build_batch_transform(section_cfg["dataset"],
                                             class_num if class_num is not None else dataset.class_num)
-    sampler = SAMPLERS.build(dict(section_cfg["sampler"]), dataset=dataset, rank=rank,
-                             world_size=world_size, seed=0 if seed is None else seed, mode=mode)
+    sampler = SAMPLERS.build(section_cfg["sampler"], f"{where}.sampler", dataset=dataset,
+                             rank=rank, world_size=world_size, seed=0 if seed is None else seed,
+                             mode=mode)
     import paddle  # here, so that plsc.data (datasets, synthetic generation) works without it
 
-    num_workers = int(loader_cfg["num_workers"])
+    num_workers = loader_cfg["num_workers"]
     loader = paddle.io.DataLoader(
         GuardedDataset(dataset), batch_sampler=sampler, num_workers=num_workers,
-        use_shared_memory=bool(loader_cfg["use_shared_memory"]), collate_fn=_guarded_collate,
+        use_shared_memory=loader_cfg["use_shared_memory"], collate_fn=_guarded_collate,
         return_list=True, worker_init_fn=_worker_init if num_workers > 0 else None)
     return DataPipeline(loader=loader, sampler=sampler, dataset=dataset, batch_transform=batch_transform)

@@ -11,12 +11,13 @@ metric counts over ranks, so eval is exact for any dataset size); the last batch
 sample_seed depends on (seed, epoch, index) only, so augmentation does not depend on the number
 of workers or processes, nor on where training was resumed.
 """
-import inspect
+from typing import Annotated
 
 import numpy as np
 
-from ..errors import ConfigError
+from ..config import ge
 from ..registry import SAMPLERS
+
 
 def _splitmix64(x):
     """SplitMix64 finalizer on a uint64 array: a cheap, well-mixed hash (wraps mod 2**64)."""
@@ -35,15 +36,14 @@ def sample_seeds(seed, epoch, indices):
     return (mixed >> np.uint64(1)).tolist()
 
 
-@SAMPLERS.register()
+@SAMPLERS.register(runtime=("dataset", "rank", "world_size", "seed", "mode"))
 class DistributedBatchSampler:
-    """PLSC's sampler name and keys; rank/world_size/seed/mode are runtime arguments (the config
-    validator sees only the config keys, through __signature__ below)."""
+    """PLSC's sampler name and keys; the dataset, rank, world_size, seed and mode are runtime
+    arguments from build_dataloader, never config keys."""
 
-    def __init__(self, dataset, batch_size: int, shuffle: bool = False, drop_last: bool = False,
-                 *, rank: int = 0, world_size: int = 1, seed: int = 0, mode: str = "train"):
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0:
-            raise ConfigError(f"sampler.batch_size: expected a positive int, got {batch_size!r}")
+    def __init__(self, dataset, batch_size: Annotated[int, ge(1)], shuffle: bool = False,
+                 drop_last: bool = False, *, rank: int = 0, world_size: int = 1, seed: int = 0,
+                 mode: str = "train"):
         if mode not in ("train", "eval"):
             raise ValueError(f"mode must be 'train' or 'eval', got {mode!r}")
         if not 0 <= rank < world_size:
@@ -108,9 +108,3 @@ class DistributedBatchSampler:
         n = -(-self.num_samples // self.world_size) * self.world_size
         full, rest = divmod(n, self.batch_size * self.world_size)
         return full + (1 if rest and not self.drop_last else 0)
-
-
-# What the config may set: the runtime arguments (dataset, rank, ...) are filled by the builder.
-DistributedBatchSampler.__signature__ = inspect.Signature([
-    p for name, p in inspect.signature(DistributedBatchSampler.__init__).parameters.items()
-    if name in ("batch_size", "shuffle", "drop_last")])

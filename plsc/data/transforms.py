@@ -7,63 +7,36 @@ DecodeImage, then an HWC uint8 array, then float32 after NormalizeImage), `rng` 
 resume point. Resizing uses OpenCV; `backend: pil` gives Pillow's (antialiased) filters instead.
 """
 import math
-from typing import Optional, Union
+from typing import Annotated, List, Literal, Optional, Tuple, Union
 
 import cv2
 import numpy as np
 
-from ..errors import ConfigError, DataError
+from ..config import Rule, ge, gt
+from ..errors import DataError
 from ..registry import TRANSFORMS
 
 INTERPOLATIONS = ["nearest", "bilinear", "bicubic", "area", "lanczos"]
+# The config types of the transforms' keys (checked by the config validator, trusted here).
+Interpolation = Optional[Literal["nearest", "bilinear", "bicubic", "area", "lanczos", "random"]]
+Backend = Literal["cv2", "pil"]
+Side = Annotated[int, ge(1)]
+Size = Union[Side, Tuple[Side, Side]]  # int: square; [width, height]
+Positive = Annotated[float, gt(0)]
+Scale = Annotated[Tuple[Positive, Positive], Rule("(min <= max <= 1)",
+                                                  lambda s: s[0] <= s[1] <= 1)]
+Ratio = Annotated[Tuple[Positive, Positive], Rule("(min <= max)", lambda r: r[0] <= r[1])]
 _CV2_FLAGS = {"nearest": cv2.INTER_NEAREST, "bilinear": cv2.INTER_LINEAR,
               "bicubic": cv2.INTER_CUBIC, "area": cv2.INTER_AREA, "lanczos": cv2.INTER_LANCZOS4}
-BACKENDS = ("cv2", "pil")
 
 
 class ImageDecodeError(DataError):
     """The bytes are not an image OpenCV can decode (the dataset adds the file name)."""
 
 
-def _check_size(op, size, key="size"):
-    """int -> (w, h) square; [w, h] -> (w, h). Anything else is a config mistake."""
-    if isinstance(size, bool):
-        size = None
-    if isinstance(size, int) and size > 0:
-        return size, size
-    if (isinstance(size, (list, tuple)) and len(size) == 2
-            and all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in size)):
-        return int(size[0]), int(size[1])
-    raise ConfigError(f"{op}.{key}: expected a positive int or [width, height], got {size!r}")
-
-
-def _check_choice(op, key, value, allowed):
-    if value not in allowed:
-        raise ConfigError(f"{op}.{key}: expected one of {', '.join(allowed)}, got {value!r}")
-    return value
-
-
-def _check_interpolation(op, interpolation):
-    if interpolation is None:
-        return None
-    return _check_choice(op, "interpolation", interpolation, INTERPOLATIONS + ["random"])
-
-
-def _as_float(op, key, value):
-    """A float from a number or a simple fraction string like '1.0/255.0' (never eval)."""
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
-    if isinstance(value, str):
-        parts = value.split("/")
-        try:
-            nums = [float(p) for p in parts]
-            if len(nums) == 1:
-                return nums[0]
-            if len(nums) == 2 and nums[1] != 0:
-                return nums[0] / nums[1]
-        except ValueError:
-            pass
-    raise ConfigError(f"{op}.{key}: expected a number, got {value!r}")
+def _size(size):
+    """int -> (w, h) square; [w, h] -> (w, h)."""
+    return (size, size) if isinstance(size, int) else tuple(size)
 
 
 def resize(img, size, interpolation=None, backend="cv2", rng=None):
@@ -115,21 +88,14 @@ class RandCropImage:
     """Inception-style random resized crop: area fraction ~ U(scale), log aspect ratio
     ~ U(log ratio); 10 attempts, then a center crop with the ratio clamped to the allowed range."""
 
-    def __init__(self, size: Union[int, list], scale: Optional[list] = None,
-                 ratio: Optional[list] = None, interpolation: Optional[str] = None,
-                 backend: str = "cv2"):
-        name = type(self).__name__
-        self.size = _check_size(name, size)
-        scale = [0.08, 1.0] if scale is None else scale
-        ratio = [3.0 / 4.0, 4.0 / 3.0] if ratio is None else ratio
-        self.scale = [_as_float(name, "scale", s) for s in scale]
-        self.ratio = [_as_float(name, "ratio", r) for r in ratio]
-        if len(self.scale) != 2 or not 0 < self.scale[0] <= self.scale[1] <= 1:
-            raise ConfigError(f"{name}.scale: expected [min, max] with 0 < min <= max <= 1, got {scale!r}")
-        if len(self.ratio) != 2 or not 0 < self.ratio[0] <= self.ratio[1]:
-            raise ConfigError(f"{name}.ratio: expected [min, max] with 0 < min <= max, got {ratio!r}")
-        self.interpolation = _check_interpolation(name, interpolation)
-        self.backend = _check_choice(name, "backend", backend, BACKENDS)
+    def __init__(self, size: Size, scale: Scale = (0.08, 1.0),
+                 ratio: Ratio = (3.0 / 4.0, 4.0 / 3.0), interpolation: Interpolation = None,
+                 backend: Backend = "cv2"):
+        self.size = _size(size)
+        self.scale = list(scale)
+        self.ratio = list(ratio)
+        self.interpolation = interpolation
+        self.backend = backend
 
     def crop_box(self, height, width, rng):
         """(top, left, crop_h, crop_w) for an image of that size."""
@@ -164,29 +130,30 @@ class RandCropImage:
 class RandomResizedCrop(RandCropImage):
     """RandCropImage under torchvision's name and defaults (bilinear)."""
 
-    def __init__(self, size: Union[int, list], scale: Optional[list] = None,
-                 ratio: Optional[list] = None, interpolation: Optional[str] = "bilinear",
-                 backend: str = "cv2"):
+    def __init__(self, size: Size, scale: Scale = (0.08, 1.0),
+                 ratio: Ratio = (3.0 / 4.0, 4.0 / 3.0), interpolation: Interpolation = "bilinear",
+                 backend: Backend = "cv2"):
         super().__init__(size, scale, ratio, interpolation, backend)
 
 
-@TRANSFORMS.register()
+def _one_size(values):
+    if (values["size"] is None) == (values["resize_short"] is None):
+        return ("set exactly one of 'size' and 'resize_short', got "
+                f"size={values['size']!r}, resize_short={values['resize_short']!r}")
+    return None
+
+
+@TRANSFORMS.register(check=_one_size)
 class ResizeImage:
     """`size` squashes to (w, h) ignoring aspect; `resize_short` scales the short side to that
     length and keeps the aspect ratio (long side rounded). Exactly one of them."""
 
-    def __init__(self, size: Optional[Union[int, list]] = None, resize_short: Optional[int] = None,
-                 interpolation: Optional[str] = None, backend: str = "cv2"):
-        if (size is None) == (resize_short is None):
-            raise ConfigError("ResizeImage: set exactly one of 'size' and 'resize_short', got "
-                              f"size={size!r}, resize_short={resize_short!r}")
-        self.size = None if size is None else _check_size("ResizeImage", size)
-        if resize_short is not None:
-            if isinstance(resize_short, bool) or not isinstance(resize_short, int) or resize_short <= 0:
-                raise ConfigError(f"ResizeImage.resize_short: expected a positive int, got {resize_short!r}")
+    def __init__(self, size: Optional[Size] = None, resize_short: Optional[Side] = None,
+                 interpolation: Interpolation = None, backend: Backend = "cv2"):
+        self.size = None if size is None else _size(size)
         self.resize_short = resize_short
-        self.interpolation = _check_interpolation("ResizeImage", interpolation)
-        self.backend = _check_choice("ResizeImage", "backend", backend, BACKENDS)
+        self.interpolation = interpolation
+        self.backend = backend
 
     def output_size(self, height, width):
         if self.size is not None:
@@ -203,8 +170,8 @@ class ResizeImage:
 class CenterCropImage:
     """Crop (w, h) from the center; offsets round down like PLSC."""
 
-    def __init__(self, size: Union[int, list]):
-        self.size = _check_size("CenterCropImage", size)
+    def __init__(self, size: Size):
+        self.size = _size(size)
 
     def __call__(self, img, rng=None):
         w, h = self.size
@@ -220,9 +187,7 @@ class CenterCropImage:
 class RandFlipImage:
     """Flip with probability 1/2: flip_code 1 horizontal, 0 vertical, -1 both (cv2.flip codes)."""
 
-    def __init__(self, flip_code: int = 1):
-        if flip_code not in (-1, 0, 1):
-            raise ConfigError(f"RandFlipImage.flip_code: expected one of 1, 0, -1, got {flip_code!r}")
+    def __init__(self, flip_code: Literal[1, 0, -1] = 1):
         self.flip_code = flip_code
 
     def __call__(self, img, rng):
@@ -235,15 +200,15 @@ class RandFlipImage:
 class NormalizeImage:
     """(img * scale - mean) / std in float32. order '' = HWC input, 'chw' = CHW input."""
 
-    def __init__(self, scale: Optional[Union[float, str]] = None, mean: Optional[list] = None,
-                 std: Optional[list] = None, order: str = "", output_fp16: bool = False):
-        self.scale = np.float32(1.0 / 255.0 if scale is None else _as_float("NormalizeImage", "scale", scale))
-        mean = [0.485, 0.456, 0.406] if mean is None else mean
-        std = [0.229, 0.224, 0.225] if std is None else std
-        self.order = _check_choice("NormalizeImage", "order", order, ["", "hwc", "chw"])
+    def __init__(self, scale: float = 1.0 / 255.0, mean: List[float] = (0.485, 0.456, 0.406),
+                 std: List[float] = (0.229, 0.224, 0.225), order: Literal["", "hwc", "chw"] = "",
+                 output_fp16: bool = False):
+        # `scale: 1.0/255.0` (PLSC's form) is already a float: the config loader types fractions
+        self.scale = np.float32(scale)
         shape = (-1, 1, 1) if order == "chw" else (1, 1, -1)
-        self.mean = np.array([_as_float("NormalizeImage", "mean", m) for m in mean], np.float32).reshape(shape)
-        self.std = np.array([_as_float("NormalizeImage", "std", s) for s in std], np.float32).reshape(shape)
+        self.order = order
+        self.mean = np.array(mean, np.float32).reshape(shape)
+        self.std = np.array(std, np.float32).reshape(shape)
         self.output_fp16 = output_fp16
 
     def __call__(self, img, rng=None):

@@ -5,17 +5,16 @@ result); here one norm covers all parameters, as in the ViT papers. The engine c
 UNSCALED gradients (after the GradScaler's unscale) and before `optimizer.step()`; the paddle
 optimizer itself is built without `grad_clip`.
 """
+from typing import Annotated
+
 import paddle
 
-from ..errors import ConfigError
-from ..registry import Registry
-from .lr import check_number
+from ..config import gt
+from ..registry import GRAD_CLIPS
+
 
 # Only one kind of clipping for now; a registry keeps the config form `{name: ..., ...}`
 # uniform with the other components and gives "did you mean" errors.
-GRAD_CLIPS = Registry("grad clip")
-
-
 @GRAD_CLIPS.register()
 class ClipGradByGlobalNorm:
     """`clip(params) -> total_norm`: scale all grads in place by clip_norm / total_norm when
@@ -30,9 +29,8 @@ class ClipGradByGlobalNorm:
     parameters are then all clipped together.
     """
 
-    def __init__(self, clip_norm: float):
-        self.clip_norm = check_number("Optimizer.grad_clip.clip_norm", clip_norm, minimum=0.0,
-                                      min_open=True)
+    def __init__(self, clip_norm: Annotated[float, gt(0)]):
+        self.clip_norm = clip_norm
 
     @staticmethod
     def _grads(params):
@@ -65,12 +63,4 @@ class ClipGradByGlobalNorm:
 
 def build_grad_clip(cfg):
     """None (no clipping) or the clip callable for `Optimizer.grad_clip`."""
-    if cfg is None:
-        return None
-    if not isinstance(cfg, dict):
-        raise ConfigError(
-            f"Optimizer.grad_clip must be null or {{name: ClipGradByGlobalNorm, clip_norm: ...}},"
-            f" got {cfg!r}")
-    cfg = dict(cfg)
-    cfg.setdefault("name", "ClipGradByGlobalNorm")
-    return GRAD_CLIPS.build(cfg)
+    return None if cfg is None else GRAD_CLIPS.build(cfg, section="Optimizer.grad_clip")

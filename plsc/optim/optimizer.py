@@ -8,38 +8,37 @@ matches any of them (`re.search`) gets no weight decay. Nothing else is exempted
 `bias norm gn pos_embed cls_token` exempts, for a ViT, every bias, every LayerNorm parameter
 (`blocks.N.norm1/norm2`, `norm`), `pos_embed` and `cls_token`, and nothing else; `gn` covers the
 R50 hybrid's GroupNorms (`...units.0.gn1.weight`).
-`no_weight_decay_name: null` (or "") decays every parameter.
+`no_weight_decay_name: null` (or "") decays every parameter. Without the key, the model says:
+`model.no_weight_decay()` (the set of structured names to exempt), or the default patterns for a
+model without that method.
 
 All trainable parameters go to the paddle optimizer as ONE list (the exemption is applied per
 parameter inside the update), because paddle's sharding optimizer rejects parameter groups.
 
-The registered factories `AdamW` / `Momentum` take the config keys; the engine's runtime objects
-(`model`, `learning_rate` = the LRScheduler, `multi_precision`) are keyword-only and hidden from
-the config-facing signature.
+The registered factories `AdamW` / `Momentum` take the validated config keys; the engine's
+runtime objects (`model`, `learning_rate` = the LRScheduler, `multi_precision`) are declared
+`runtime=` at registration, so they are never config keys.
 """
 import re
-from typing import Optional
+from typing import Annotated, Optional, Tuple
 
 import paddle
 
+from ..config import Rule, between, ge, gt
 from ..errors import ConfigError
 from ..registry import OPTIMIZERS
 from .clip import build_grad_clip
-from .lr import check_number, config_signature
 
 DEFAULT_NO_WEIGHT_DECAY_NAME = "bias norm gn pos_embed cls_token"
 RUNTIME_ARGS = ("model", "learning_rate", "multi_precision")
+# The default of `no_weight_decay_name`: "ask the model" (null already means "decay everything").
+FROM_MODEL = type("FromModel", (), {"__repr__": lambda self: "<model.no_weight_decay()>"})()
 
 
 def compile_patterns(no_weight_decay_name):
     """The regular expressions of a `no_weight_decay_name` string (None / "" -> none)."""
-    if no_weight_decay_name is None:
-        return []
-    if not isinstance(no_weight_decay_name, str):
-        raise ConfigError("Optimizer.no_weight_decay_name must be a string of space-separated "
-                          f"regular expressions, got {no_weight_decay_name!r}")
     patterns = []
-    for token in no_weight_decay_name.split():
+    for token in (no_weight_decay_name or "").split():
         try:
             patterns.append(re.compile(token))
         except re.error as e:
@@ -48,35 +47,46 @@ def compile_patterns(no_weight_decay_name):
     return patterns
 
 
-def split_decay(model, no_weight_decay_name=DEFAULT_NO_WEIGHT_DECAY_NAME):
-    """([(name, param)] with decay, [(name, param)] without) over the TRAINABLE parameters."""
+def _valid_patterns(text):
+    try:
+        compile_patterns(text)
+    except ConfigError:
+        return False
+    return True
+
+
+def exempt_names(model, no_weight_decay_name=FROM_MODEL):
+    """Structured names of the parameters that get no weight decay."""
+    if no_weight_decay_name is FROM_MODEL:
+        if hasattr(model, "no_weight_decay"):
+            return set(model.no_weight_decay())
+        no_weight_decay_name = DEFAULT_NO_WEIGHT_DECAY_NAME  # models without the method (yet)
     patterns = compile_patterns(no_weight_decay_name)
+    return {n for n, _ in model.named_parameters() if any(r.search(n) for r in patterns)}
+
+
+def split_decay(model, no_weight_decay_name=FROM_MODEL):
+    """([(name, param)] with decay, [(name, param)] without) over the TRAINABLE parameters."""
+    exempt = exempt_names(model, no_weight_decay_name)
     decay, no_decay = [], []
     for name, p in model.named_parameters():
         if p.stop_gradient:  # frozen: not optimized at all
             continue
-        (no_decay if any(r.search(name) for r in patterns) else decay).append((name, p))
+        (no_decay if name in exempt else decay).append((name, p))
     if not decay and not no_decay:
         raise ConfigError("the model has no trainable parameters to optimize")
     return decay, no_decay
 
 
-def _betas(betas):
-    if not isinstance(betas, (list, tuple)) or len(betas) != 2:
-        raise ConfigError(f"Optimizer.betas must be a pair [beta1, beta2], got {betas!r}")
-    return tuple(check_number("Optimizer.betas", b, minimum=0.0, maximum=1.0, max_open=True)
-                 for b in betas)
+Beta = Annotated[float, between(0, 1, hi_open=True)]
+NoWeightDecayName = Optional[Annotated[str, Rule("of space-separated regular expressions",
+                                                 _valid_patterns)]]
+NonNegative = Annotated[float, ge(0)]
 
 
-def _compat_flag(key, value):
-    if value is not None and not isinstance(value, bool):
-        raise ConfigError(f"Optimizer.{key} must be true, false or null, got {value!r}")
-
-
-@OPTIMIZERS.register()
-@config_signature(*RUNTIME_ARGS)
-def AdamW(betas: list = (0.9, 0.999), epsilon: float = 1e-8, weight_decay: float = 0.0,
-          no_weight_decay_name: Optional[str] = DEFAULT_NO_WEIGHT_DECAY_NAME,
+@OPTIMIZERS.register(runtime=RUNTIME_ARGS)
+def AdamW(betas: Tuple[Beta, Beta] = (0.9, 0.999), epsilon: Annotated[float, gt(0)] = 1e-8,
+          weight_decay: NonNegative = 0.0, no_weight_decay_name: NoWeightDecayName = FROM_MODEL,
           grad_clip: Optional[dict] = None, use_master_param: Optional[bool] = None,
           exp_avg_force_fp32: Optional[bool] = None, *, model, learning_rate,
           multi_precision=False):
@@ -89,12 +99,8 @@ def AdamW(betas: list = (0.9, 0.999), epsilon: float = 1e-8, weight_decay: float
     `multi_precision`, which the engine turns on for AMP O2 (PLSC's O2 without master weights
     is a defect we do not reproduce).
     """
-    del grad_clip
-    _compat_flag("use_master_param", use_master_param)
-    _compat_flag("exp_avg_force_fp32", exp_avg_force_fp32)
-    beta1, beta2 = _betas(betas)
-    epsilon = check_number("Optimizer.epsilon", epsilon, minimum=0.0, min_open=True)
-    weight_decay = check_number("Optimizer.weight_decay", weight_decay, minimum=0.0)
+    del grad_clip, use_master_param, exp_avg_force_fp32
+    beta1, beta2 = betas
     decay, no_decay = split_decay(model, no_weight_decay_name)
     exempt = {p.name for _, p in no_decay}  # paddle calls the rule with the unique param.name
     return paddle.optimizer.AdamW(
@@ -127,22 +133,15 @@ class MomentumL2(paddle.optimizer.Momentum):
             self._regularization_method, self._regularization_coeff = saved
 
 
-@OPTIMIZERS.register()
-@config_signature(*RUNTIME_ARGS)
-def Momentum(momentum: float = 0.9, weight_decay: float = 0.0,
-             no_weight_decay_name: Optional[str] = DEFAULT_NO_WEIGHT_DECAY_NAME,
+@OPTIMIZERS.register(runtime=RUNTIME_ARGS)
+def Momentum(momentum: Beta = 0.9, weight_decay: NonNegative = 0.0,
+             no_weight_decay_name: NoWeightDecayName = FROM_MODEL,
              use_nesterov: bool = False, grad_clip: Optional[dict] = None,
              use_master_param: Optional[bool] = None, *, model, learning_rate,
              multi_precision=False):
     """SGD with momentum and L2 weight decay (added to the gradient, PLSC's Momentum semantics)
     on the non-exempt parameters. `grad_clip` / `use_master_param`: as for AdamW."""
-    del grad_clip
-    _compat_flag("use_master_param", use_master_param)
-    if not isinstance(use_nesterov, bool):
-        raise ConfigError(f"Optimizer.use_nesterov must be true or false, got {use_nesterov!r}")
-    momentum = check_number("Optimizer.momentum", momentum, minimum=0.0, maximum=1.0,
-                            max_open=True)
-    weight_decay = check_number("Optimizer.weight_decay", weight_decay, minimum=0.0)
+    del grad_clip, use_master_param
     decay, no_decay = split_decay(model, no_weight_decay_name)
     return MomentumL2(
         learning_rate=learning_rate, momentum=momentum,
@@ -157,9 +156,7 @@ def build_optimizer(opt_cfg: dict, lr_scheduler, model, multi_precision: bool = 
     grad_clip is None or `clip(params) -> total_norm`; the engine calls it on the unscaled grads
     of all parameters before `optimizer.step()`, then steps `lr_scheduler` itself.
     """
-    if not isinstance(opt_cfg, dict):
-        raise ConfigError(f"Optimizer must be a mapping with a 'name', got {opt_cfg!r}")
-    clip = build_grad_clip(opt_cfg.get("grad_clip"))
-    optimizer = OPTIMIZERS.build(dict(opt_cfg), model=model, learning_rate=lr_scheduler,
+    optimizer = OPTIMIZERS.build(opt_cfg, section="Optimizer", model=model,
+                                 learning_rate=lr_scheduler,
                                  multi_precision=bool(multi_precision))
-    return optimizer, clip
+    return optimizer, build_grad_clip(opt_cfg.get("grad_clip"))
