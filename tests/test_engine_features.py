@@ -28,8 +28,8 @@ def data_root(tmp_path_factory):
 def _train_in_process(path, *overrides):
     """The one place the engine is driven in-process (kept small: the engine's internals move)."""
     from plsc.config import get_config
-    from plsc.engine import Engine
-    Engine(get_config(path, list(overrides)), "train").train()
+    from plsc.engine import train
+    train(get_config(path, list(overrides)))
 
 
 def _out(tmp_path):

@@ -4,13 +4,10 @@ exemption chosen by STRUCTURED parameter name, and global-norm clipping built se
 Weight-decay exemption: `no_weight_decay_name` is a space-separated list of regular expressions;
 a parameter whose structured name (`model.named_parameters()`, e.g. `blocks.0.attn.qkv.bias`)
 matches any of them (`re.search`) gets no weight decay. Nothing else is exempted automatically
-(not even 1-D parameters): the patterns are the whole rule, so users control it. The default
-`bias norm gn pos_embed cls_token` exempts, for a ViT, every bias, every LayerNorm parameter
-(`blocks.N.norm1/norm2`, `norm`), `pos_embed` and `cls_token`, and nothing else; `gn` covers the
-R50 hybrid's GroupNorms (`...units.0.gn1.weight`).
-`no_weight_decay_name: null` (or "") decays every parameter. Without the key, the model says:
-`model.no_weight_decay()` (the set of structured names to exempt), or the default patterns for a
-model without that method.
+(not even 1-D parameters): the patterns are the whole rule, so users control it.
+`no_weight_decay_name: null` (or "") decays every parameter. Without the key, the model family
+says: `model.no_weight_decay()` (for a ViT every bias, every LayerNorm/GroupNorm parameter,
+`pos_embed` and `cls_token`).
 
 All trainable parameters go to the paddle optimizer as ONE list (the exemption is applied per
 parameter inside the update), because paddle's sharding optimizer rejects parameter groups.
@@ -29,7 +26,6 @@ from ..errors import ConfigError
 from ..registry import OPTIMIZERS
 from .clip import build_grad_clip
 
-DEFAULT_NO_WEIGHT_DECAY_NAME = "bias norm gn pos_embed cls_token"
 RUNTIME_ARGS = ("model", "learning_rate", "multi_precision")
 # The default of `no_weight_decay_name`: "ask the model" (null already means "decay everything").
 FROM_MODEL = type("FromModel", (), {"__repr__": lambda self: "<model.no_weight_decay()>"})()
@@ -57,10 +53,8 @@ def _valid_patterns(text):
 
 def exempt_names(model, no_weight_decay_name=FROM_MODEL):
     """Structured names of the parameters that get no weight decay."""
-    if no_weight_decay_name is FROM_MODEL:
-        if hasattr(model, "no_weight_decay"):
-            return set(model.no_weight_decay())
-        no_weight_decay_name = DEFAULT_NO_WEIGHT_DECAY_NAME  # models without the method (yet)
+    if no_weight_decay_name is FROM_MODEL:  # the model family owns its no-decay set
+        return set(model.no_weight_decay())
     patterns = compile_patterns(no_weight_decay_name)
     return {n for n, _ in model.named_parameters() if any(r.search(n) for r in patterns)}
 
