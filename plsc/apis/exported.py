@@ -6,6 +6,7 @@ import shutil
 import numpy as np
 
 from ..errors import ConfigError, DataError
+from ..quiet import JIT_SAVE_NOISE, drop_stderr_lines
 from .classifier import Classifier
 from .dygraph import build_dygraph, input_shape
 from .labels import resolve_class_names
@@ -104,7 +105,8 @@ def save_inference_model(model, prefix, input_shape):
     model.eval()
     spec = InputSpec([None] + [int(v) for v in input_shape], "float32", "x")
     static = paddle.jit.to_static(model, input_spec=[spec], full_graph=True)
-    paddle.jit.save(static, prefix)
+    with drop_stderr_lines(JIT_SAVE_NOISE):  # plsc/quiet.py says why
+        paddle.jit.save(static, prefix)
     model_file = next((prefix + ext for ext in (".json", ".pdmodel")
                        if os.path.isfile(prefix + ext)), None)
     return {"model": model_file, "params": prefix + ".pdiparams"}
