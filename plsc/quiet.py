@@ -48,16 +48,13 @@ def _write_kept(text, drop):
 def import_paddle():
     """`import paddle` without the known-harmless lines above; returns the module."""
     before_paddle_import()
-    if "paddle" not in sys.modules:
-        captured = io.StringIO()
-        try:
-            with contextlib.redirect_stderr(captured):
-                import paddle
-        finally:
-            mkl = getattr(sys.modules.get("paddle.version"), "with_mkl", "") == "ON"
-            _write_kept(captured.getvalue(), OMP_WARNING if mkl else ())
-    import paddle
-
+    captured = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(captured):
+            import paddle
+    finally:
+        mkl = getattr(sys.modules.get("paddle.version"), "with_mkl", "") == "ON"
+        _write_kept(captured.getvalue(), OMP_WARNING if mkl else ())
     _filter_flags_banner()
     return paddle
 

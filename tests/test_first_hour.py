@@ -2,12 +2,14 @@
 every named config, convert the quick-start checkpoint, find the generated data, read the
 attention maps."""
 import glob
+import logging
 import os
 
 import cv2
 import numpy as np
 import paddle
 import pytest
+import yaml
 
 from plsc import apis
 from plsc.config import get_config
@@ -70,3 +72,41 @@ def test_quickstart_model_predicts_a_300x200_jpeg(tmp_path):
     model = apis.init_model(cfg, prefix, device="cpu")
     result = apis.inference_model(model, photo(tmp_path))
     assert result["pred_class"] in model.class_names
+
+
+def test_paddle2npz_reads_the_run_config_next_to_a_checkpoint(tmp_path, capsys):
+    """A training run folder holds config.yaml; a width-32 model's heads are not guessable."""
+    from plsc.cli import convert
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    model = {"name": "VisionTransformer", "img_size": 16, "patch_size": 4, "embed_dim": 32,
+             "depth": 1, "num_heads": 4, "class_num": 3}
+    (run_dir / "config.yaml").write_text(yaml.safe_dump({"Global": {"epochs": 1},
+                                                         "Model": model}))
+    paddle.seed(0)
+    paddle.save(build_model(model).state_dict(), str(run_dir / "latest.pdparams"))
+    convert.main(["paddle2npz", str(run_dir / "latest"), str(tmp_path / "w.npz")])
+    out, err = capsys.readouterr()
+    assert "heads=4" in out and f"model config: {run_dir / 'config.yaml'}" in err
+    assert convert.run_config(str(run_dir / "latest.pdparams")) == str(run_dir / "config.yaml")
+    (run_dir / "latest.yaml").write_text(yaml.safe_dump({"Model": model}))
+    assert convert.run_config(str(run_dir / "latest")) is None  # the converter's YAML first
+
+
+def test_synthetic_data_says_where_it_is_generated(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    records = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    logger = logging.getLogger("plsc")  # the tools' logger does not propagate: listen on it
+    logger.addHandler(handler)
+    monkeypatch.setattr(logger, "level", logging.INFO)
+    try:
+        assert ensure_generated("data/shapes", 2, 2, 2, 8, 0)
+        assert not ensure_generated("data/shapes", 2, 2, 2, 8, 0)
+    finally:
+        logger.removeHandler(handler)
+    lines = [r.getMessage() for r in records if "SyntheticShapes" in r.getMessage()]
+    assert lines == [f"SyntheticShapes: generating 2 train + 2 val images (2 classes, 8px) at "
+                     f"{tmp_path / 'data' / 'shapes'} ('data/shapes' from {tmp_path})"]
