@@ -16,6 +16,7 @@ from plsc.data.synthetic import ensure_generated
 from plsc.engine.checkpoint import fp32_state_dict
 from plsc.errors import ConfigError, DataError
 from plsc.models import build_model
+from log_lines import PLSC_INFO
 from tiny import run_tool, tiny_config
 
 
@@ -151,8 +152,8 @@ def run_predict(argv, capsys):
     except SystemExit as e:
         code = e.code
     out, err = capsys.readouterr()
-    return code, out.splitlines(), [line for line in err.splitlines() if "ccache" not in line
-                                    and "warnings.warn" not in line]
+    return code, out.splitlines(), [line for line in err.splitlines()
+                                    if not PLSC_INFO.match(line)]
 
 
 @pytest.fixture()

@@ -1,6 +1,7 @@
 """tools/visualize_attention.py: the saved map is the rollout of the model's own attention, the
 PNG is the blend at the preprocessed size, bad inputs are skipped per file."""
 import os
+import shutil
 
 import cv2
 import numpy as np
@@ -13,6 +14,7 @@ from plsc.config import get_config
 from plsc.data.synthetic import ensure_generated
 from plsc.engine.checkpoint import fp32_state_dict
 from plsc.models import build_model
+from log_lines import PLSC_INFO
 from tiny import tiny_config
 
 
@@ -38,8 +40,8 @@ def run_cli(argv, capsys):
     except SystemExit as e:
         code = e.code
     out, err = capsys.readouterr()
-    return code, out.splitlines(), [line for line in err.splitlines() if "ccache" not in line
-                                    and "warnings.warn" not in line]
+    return code, out.splitlines(), [line for line in err.splitlines()
+                                    if not PLSC_INFO.match(line)]
 
 
 def test_heatmap_overlay_blend():
@@ -77,7 +79,30 @@ def test_visualize_writes_png_and_rollout(tiny, tmp_path, capsys):
 
     png = cv2.imread(stem + ".png")[:, :, ::-1]
     rgb = cv2.cvtColor(cv2.imread(path), cv2.COLOR_BGR2RGB)
-    np.testing.assert_array_equal(png, cli.heatmap_overlay(rgb, expect))
+    assert png.shape == (256, 256, 3)  # the 16 px input enlarged x16 for viewing
+    np.testing.assert_array_equal(png, cli.heatmap_overlay(cli.view_image(rgb), expect))
+
+
+def test_view_image_enlarges_by_a_whole_factor():
+    img = np.arange(2 * 3 * 3, dtype=np.uint8).reshape(2, 3, 3)
+    big = cli.view_image(img, min_side=5)
+    assert big.shape == (6, 9, 3)
+    np.testing.assert_array_equal(big[::3, ::3], img)
+    assert cli.view_image(np.zeros((300, 400, 3), np.uint8)).shape == (300, 400, 3)
+
+
+def test_same_named_inputs_from_different_folders_do_not_overwrite(tiny, tmp_path, capsys):
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+        shutil.copy(tiny["images"][0], tmp_path / folder / "img.jpg")
+    shutil.copy(tiny["images"][1], tmp_path / "a" / "img.png")
+    out_dir = tmp_path / "vis"
+    code, out, _ = run_cli(["-c", tiny["cfg"], "-o", f"Global.pretrained_model={tiny['ckpt']}",
+                            "-i", str(tmp_path / "a"), str(tmp_path / "b"), "--out",
+                            str(out_dir)], capsys)
+    assert code == 0 and len(out) == 3
+    written = sorted(str(p.relative_to(out_dir)) for p in out_dir.rglob("*.png"))
+    assert written == ["a/img.jpg_rollout.png", "a/img.png_rollout.png", "b/img_rollout.png"]
 
 
 def test_visualize_errors(tiny, tmp_path, capsys):

@@ -9,13 +9,19 @@ import argparse
 import os
 import sys
 
-from ..config import dump_config, get_config
-from ..cpu import tune_cpu
-from ..errors import ConfigError, PlscError
-
 # `import paddle` sets OMP_NUM_THREADS=1 when it is unset, so remember the user's own setting
 # now (tools import this module before paddle).
 _USER_OMP_THREADS = os.environ.get("OMP_NUM_THREADS")
+
+from ..quiet import import_paddle  # noqa: E402
+
+import_paddle()  # first, so its known-harmless output is silenced (plsc/quiet.py)
+
+from ..config import dump_config, get_config  # noqa: E402
+from ..cpu import tune_cpu  # noqa: E402
+from ..engine.logger import setup_logger  # noqa: E402
+from ..errors import ConfigError, PlscError  # noqa: E402
+
 tune_cpu()  # before any tool runs a matmul
 
 
@@ -61,6 +67,11 @@ def run(main, argv=None):
     `argv` (default sys.argv) is only consulted for `--debug`.
     """
     debug = "--debug" in (sys.argv if argv is None else argv)
+    # Every tool logs as `[time] LEVEL: msg`, to stderr so that stdout holds its results
+    # (train/eval: the engine logs to stdout and train.log). Without this, plsc's records would
+    # reach the root handler `import paddle` installs, in Paddle's format.
+    setup_logger(is_main=int(os.environ.get("PADDLE_TRAINER_ID", "0") or 0) == 0,
+                 stream=sys.stderr)
     try:
         code = main()
     except PlscError as e:

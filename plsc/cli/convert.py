@@ -2,7 +2,7 @@
 timm and plsc/PLSC.
 
     convert.py npz2paddle  SRC.npz DST_PREFIX [--check]
-    convert.py paddle2npz  SRC_PREFIX DST.npz [--model-config SRC_PREFIX.yaml]
+    convert.py paddle2npz  SRC_PREFIX DST.npz [--model-config YAML]
     convert.py timm2paddle SRC.safetensors DST_PREFIX [--num-heads N] [--act gelu|gelu_tanh]
     convert.py paddle2timm SRC_PREFIX DST.safetensors
 
@@ -10,8 +10,12 @@ timm and plsc/PLSC.
 the network). Outputs appear all together or not at all. Bad input: `error: ...`, exit 2.
 """
 import argparse
+import logging
+import os
 
 from .common import run
+
+logger = logging.getLogger("plsc")
 
 
 def build_parser():
@@ -38,8 +42,9 @@ def build_parser():
     c.add_argument("src", metavar="SRC_PREFIX")
     c.add_argument("dst", metavar="DST.npz")
     c.add_argument("--model-config", default=None, metavar="YAML",
-                   help="YAML with the Model section (default: SRC_PREFIX.yaml if it exists); "
-                        "needed for num_heads of non-standard widths")
+                   help="YAML with the Model section (default: SRC_PREFIX.yaml, else the "
+                        "run's config.yaml in the checkpoint's directory); needed for "
+                        "num_heads of non-standard widths")
 
     c = sub.add_parser("timm2paddle", parents=[debug],
                        help="timm vit_* safetensors -> .pdparams + .yaml")
@@ -57,6 +62,19 @@ def build_parser():
     return p
 
 
+def run_config(src_prefix):
+    """The training run's config.yaml next to a checkpoint ({output_dir}/{Model.name}/ holds
+    both), when there is no SRC_PREFIX.yaml (which paddle2npz reads first); else None."""
+    from ..convert.common import strip_pdparams
+
+    prefix = strip_pdparams(src_prefix)
+    path = os.path.join(os.path.dirname(prefix), "config.yaml")
+    if os.path.isfile(prefix + ".yaml") or not os.path.isfile(path):
+        return None
+    logger.info("model config: %s (the run's config.yaml)", path)
+    return path
+
+
 def main(argv=None):
     def _main():
         args = build_parser().parse_args(argv)
@@ -65,7 +83,8 @@ def main(argv=None):
             npz_to_paddle(args.src, args.dst, check=args.check)
         elif args.command == "paddle2npz":
             from ..convert.npz import paddle_to_npz
-            paddle_to_npz(args.src, args.dst, model_config_path=args.model_config)
+            paddle_to_npz(args.src, args.dst,
+                          model_config_path=args.model_config or run_config(args.src))
         elif args.command == "timm2paddle":
             from ..convert.timm import timm_to_paddle
             timm_to_paddle(args.src, args.dst, num_heads=args.num_heads, act=args.act)

@@ -16,6 +16,7 @@ dataset class lives in datasets.py (importing this module from the package would
 """
 import argparse
 import json
+import logging
 import math
 import os
 import shutil
@@ -27,6 +28,8 @@ import cv2
 import numpy as np
 
 from ..errors import ConfigError, DataError
+
+logger = logging.getLogger("plsc")
 
 GENERATOR_VERSION = 2  # bump when the images change, so stale directories are detected
 SHAPES = ["circle", "square", "triangle", "cross", "stripes", "ring",
@@ -204,9 +207,13 @@ def ensure_generated(root, num_classes=6, num_train=3000, num_val=600, image_siz
     wrote it. Safe against concurrent callers (temp dir + atomic rename)."""
     _check_params(num_classes, num_train, num_val, image_size, seed)
     wanted = _params(num_classes, num_train, num_val, image_size, seed)
-    root = os.path.abspath(root)
+    given, root = root, os.path.abspath(root)
     if _existing(root, wanted):
         return False
+    # Say so, and where: a relative root under another working directory is a new dataset.
+    where = root if os.path.isabs(given) else f"{root} ('{given}' from {os.getcwd()})"
+    logger.info("SyntheticShapes: generating %d train + %d val images (%d classes, %dpx) at %s",
+                num_train, num_val, num_classes, image_size, where)
     parent = os.path.dirname(root)
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(root)}.tmp-", dir=parent)

@@ -6,13 +6,20 @@ import os
 import sys
 
 
-def setup_logger(log_file=None, is_main=True, name="plsc"):
+LOG_FORMAT = "[%(asctime)s] %(levelname)s: %(message)s"  # the one format of every plsc tool
+DATE_FORMAT = "%Y-%m-%d %H:%M:%S"
+
+
+def setup_logger(log_file=None, is_main=True, name="plsc", stream=None):
+    """The `plsc` logger, printing to `stream` (default stdout; tools whose stdout is their
+    result, such as predict, log to stderr) and, on the main rank, to `log_file`. It does not
+    propagate: `import paddle` puts a handler with Paddle's own format on the root logger."""
     logger = logging.getLogger(name)
     logger.handlers.clear()
     logger.propagate = False
     logger.setLevel(logging.INFO if is_main else logging.WARNING)
-    fmt = logging.Formatter("[%(asctime)s] %(levelname)s: %(message)s", "%Y-%m-%d %H:%M:%S")
-    stream = logging.StreamHandler(sys.stdout)
+    fmt = logging.Formatter(LOG_FORMAT, DATE_FORMAT)
+    stream = logging.StreamHandler(stream or sys.stdout)
     stream.setFormatter(fmt)
     logger.addHandler(stream)
     if log_file and is_main:
