@@ -89,6 +89,10 @@ def test_paddle2npz_reads_the_run_config_next_to_a_checkpoint(tmp_path, capsys):
     convert.main(["paddle2npz", str(run_dir / "latest"), str(tmp_path / "w.npz")])
     out, err = capsys.readouterr()
     assert "heads=4" in out and f"model config: {run_dir / 'config.yaml'}" in err
+    # the numerics warning names what differs from the official model (erf GELU), never the
+    # epsilon, which is the official 1e-6 here
+    warning = [line for line in (out + err).splitlines() if "official code runs" in line]
+    assert len(warning) == 1 and "act=gelu" in warning[0] and "epsilon=" not in warning[0]
     assert convert.run_config(str(run_dir / "latest.pdparams")) == str(run_dir / "config.yaml")
     (run_dir / "latest.yaml").write_text(yaml.safe_dump({"Model": model}))
     assert convert.run_config(str(run_dir / "latest")) is None  # the converter's YAML first

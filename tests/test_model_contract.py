@@ -102,7 +102,8 @@ def table_with(monkeypatch):
         monkeypatch.setitem(vit_spec.VARIANTS, name, NEW[name])
         fresh = registry.Registry("model")
         register_family(fresh)
-        monkeypatch.setattr(registry.MODELS, "_entries", fresh._entries)
+        for attr in ("_entries", "_runtime", "_checks"):  # a registry's whole per-name state
+            monkeypatch.setattr(registry.MODELS, attr, getattr(fresh, attr))
     return add
 
 

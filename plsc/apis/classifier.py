@@ -3,6 +3,7 @@ what runs on it: prediction (inference_model, postprocess) and features (extract
 import numpy as np
 
 from ..errors import ConfigError
+from ..vit_spec import pool_tokens
 
 
 class Classifier:
@@ -104,13 +105,9 @@ def require_dygraph(model, what):
 
 
 def pooled_feature(net, tokens):
-    """What the head pools from the final normed tokens (paddle [B, N, D]) -> [B, D]: the
-    class token, or the mean of the patch tokens for gap models.
-
-    The one place apis re-states the model's pooling: switch it to
-    `net.forward_head(x, pre_logits=True)` once the model offers that."""
-    prefix = int(net.num_prefix_tokens)
-    return tokens[:, 0] if prefix else tokens[:, prefix:].mean(axis=1)
+    """What the head pools from the final normed tokens (paddle [B, N, D]) -> [B, D], before
+    any representation layer: the model family's own pooling (plsc.vit_spec.pool_tokens)."""
+    return pool_tokens(tokens, net.spec.global_pool)
 
 
 def extract_feat(model, image):

@@ -408,8 +408,10 @@ def paddle_to_npz(src_prefix, dst, model_config_path=None, log=print):
         kw = resolve_model_kwargs(read_model_config(model_config_path))
         heads = kw.get("num_heads")
         act, eps = kw.get("act"), kw.get("epsilon")
-        if act not in (None, "gelu_tanh") or eps not in (None, 1e-6):
-            log(f"warning: the model uses act={act}, epsilon={eps}; the official code runs "
+        differ = [f"{k}={v}" for k, v, official in (("act", act, "gelu_tanh"), ("epsilon", eps, 1e-6))
+                  if v is not None and v != official]
+        if differ:  # name only what really differs from the official numerics
+            log(f"warning: the model uses {', '.join(differ)}; the official code runs "
                 f"gelu_tanh and epsilon 1e-6, so its outputs will differ slightly")
     arch = arch_from_state(state, path, num_heads=heads,
                            heads_hint="pass --model-config with Model.num_heads")

@@ -26,6 +26,8 @@ from ..errors import ConfigError
 from ..registry import OPTIMIZERS
 from .clip import build_grad_clip
 
+# For a model that does not say (a user's own paddle Layer): the usual ViT-style names.
+GENERIC_NO_WEIGHT_DECAY_NAME = "bias norm gn pos_embed cls_token"
 RUNTIME_ARGS = ("model", "learning_rate", "multi_precision")
 # The default of `no_weight_decay_name`: "ask the model" (null already means "decay everything").
 FROM_MODEL = type("FromModel", (), {"__repr__": lambda self: "<model.no_weight_decay()>"})()
@@ -53,8 +55,10 @@ def _valid_patterns(text):
 
 def exempt_names(model, no_weight_decay_name=FROM_MODEL):
     """Structured names of the parameters that get no weight decay."""
-    if no_weight_decay_name is FROM_MODEL:  # the model family owns its no-decay set
-        return set(model.no_weight_decay())
+    if no_weight_decay_name is FROM_MODEL:
+        if hasattr(model, "no_weight_decay"):  # plsc's model families own their no-decay set
+            return set(model.no_weight_decay())
+        no_weight_decay_name = GENERIC_NO_WEIGHT_DECAY_NAME  # any other paddle Layer
     patterns = compile_patterns(no_weight_decay_name)
     return {n for n, _ in model.named_parameters() if any(r.search(n) for r in patterns)}
 
