@@ -117,7 +117,15 @@ _FRACTION = re.compile(r"([-+]?(?:\d+\.\d*|\.\d+|\d+)(?:[eE][-+]?\d+)?)\s*/\s*"
 _CLOSING = {"[": "]", "(": ")", "{": "}"}
 
 
-def parse_value(text):
+# Limits on config input (issue 11): real configs are a few KB and ~8 levels deep; anything far
+# beyond is a damaged or hostile file, refused with one line instead of a hang or a crash.
+MAX_CONFIG_BYTES = 1 << 20  # one YAML file
+MAX_NESTING = 100  # YAML collections or bracketed values inside one another
+MAX_VALUES = 100_000  # YAML nodes of one file, aliases expanded ("billion laughs")
+MAX_BASE_FILES = 64  # files read through `_base_` for one config (diamonds counted each time)
+
+
+def parse_value(text, _depth=0):
     """Type a value written as text, without eval.
 
     ints, floats (`3e-3`, `1E-8`, `.5`), booleans, null/None/~, `[..]` lists and `(..)` tuples
@@ -137,23 +145,26 @@ def parse_value(text):
     if s in _NULL:
         return None
     if _INT.match(s):
-        return int(s)
+        try:
+            return int(s)
+        except ValueError:  # more digits than Python converts (4300): keep the text
+            return s
     if _FLOAT.match(s):
         return float(s)
     m = _FRACTION.match(s)
     if m and float(m.group(2)) != 0.0:
         return float(m.group(1)) / float(m.group(2))
-    if len(s) >= 2 and s[0] in _CLOSING and s[-1] == _CLOSING[s[0]]:
+    if len(s) >= 2 and s[0] in _CLOSING and s[-1] == _CLOSING[s[0]] and _depth < MAX_NESTING:
         parts = _split_top_level(s[1:-1])
         if parts is not None:
             if s[0] == "[":
-                return [parse_value(p) for p in parts]
+                return [parse_value(p, _depth + 1) for p in parts]
             if s[0] == "(":
                 # Python semantics: "(x)" is x, "(x,)" and "(x, y)" are sequences.
                 if len(parts) == 1 and not s[1:-1].rstrip().endswith(","):
-                    return parse_value(parts[0])
-                return [parse_value(p) for p in parts]
-            mapping = _parse_mapping(parts)
+                    return parse_value(parts[0], _depth + 1)
+                return [parse_value(p, _depth + 1) for p in parts]
+            mapping = _parse_mapping(parts, _depth + 1)
             if mapping is not None:
                 return mapping
     return s
@@ -187,7 +198,7 @@ def _split_top_level(inner):
     return parts
 
 
-def _parse_mapping(parts):
+def _parse_mapping(parts, _depth=0):
     out = {}
     for part in parts:
         key, sep, value = part.partition(":")
@@ -196,14 +207,67 @@ def _parse_mapping(parts):
             return None
         if len(key) >= 2 and key[0] == key[-1] and key[0] in "'\"":
             key = key[1:-1]
-        out[key] = parse_value(value)
+        out[key] = parse_value(value, _depth)
     return out
 
 
 # ----------------------------------------------------------------------------- YAML
 
 class _Loader(yaml.SafeLoader):
-    """SafeLoader that types plain strings with parse_value and rejects duplicate keys."""
+    """SafeLoader that types plain strings with parse_value and rejects duplicate keys.
+
+    It also refuses nesting deeper than MAX_NESTING (PyYAML composes and constructs
+    recursively) and documents whose aliases expand to more than MAX_VALUES nodes."""
+
+    _depth = 0
+
+    def compose_node(self, parent, index):
+        if self._depth >= MAX_NESTING:
+            raise yaml.composer.ComposerError(
+                None, None, f"nested deeper than {MAX_NESTING} levels", self.peek_event().start_mark)
+        self._depth += 1
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+    def get_single_node(self):
+        node = super().get_single_node()
+        if node is not None and _expanded_size(node) > MAX_VALUES:
+            raise yaml.composer.ComposerError(
+                None, None, f"more than {MAX_VALUES} values once aliases are expanded",
+                node.start_mark)
+        return node
+
+
+def _expanded_size(root):
+    """Nodes of the document with every alias expanded (shared nodes counted at each use).
+
+    Iterative, memoised per node; a node met again while its own size is being computed
+    (a recursive alias) counts 1 here - the constructor rejects it with its own message."""
+    sizes, busy, stack = {}, set(), [(root, False)]
+    while stack:
+        node, done = stack.pop()
+        key = id(node)
+        if done:
+            busy.discard(key)
+            children = _children(node)
+            sizes[key] = 1 + sum(sizes.get(id(c), 1) for c in children)
+            continue
+        if key in sizes or key in busy:
+            continue
+        busy.add(key)
+        stack.append((node, True))
+        stack.extend((c, False) for c in _children(node) if id(c) not in sizes)
+    return sizes[id(root)]
+
+
+def _children(node):
+    if isinstance(node, yaml.SequenceNode):
+        return node.value
+    if isinstance(node, yaml.MappingNode):
+        return [n for pair in node.value for n in pair]
+    return []
 
 
 def _construct_str(loader, node):
@@ -237,8 +301,12 @@ _Loader.add_constructor("tag:yaml.org,2002:map", _construct_map)
 def load_yaml(path):
     """Parse one YAML file (no `_base_` handling); errors -> ConfigError 'file:line: problem'."""
     try:
-        with open(path, encoding="utf-8") as f:
-            text = f.read()
+        with open(path, "rb") as f:
+            raw = f.read(MAX_CONFIG_BYTES + 1)  # bounded: /dev/zero or a huge file never hangs
+        if len(raw) > MAX_CONFIG_BYTES:
+            raise ConfigError(f"config file {path} is larger than {MAX_CONFIG_BYTES >> 20} MiB; "
+                              f"expected a YAML config")
+        text = raw.decode("utf-8")
     except FileNotFoundError:
         raise ConfigError(f"config file not found: {path}") from None
     except IsADirectoryError:
@@ -261,6 +329,10 @@ def load_yaml(path):
         raise ConfigError(f"{where}: {_one_line(problem)}") from None
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: {_one_line(str(e))}") from None
+    except RecursionError:  # a safety net: MAX_NESTING normally stops this first
+        raise ConfigError(f"{path}: nested too deeply to parse") from None
+    except (ValueError, TypeError, OverflowError) as e:  # an explicit tag: `!!int 1x`, `!!float`
+        raise ConfigError(f"{path}: cannot construct a value: {_one_line(e)[:200]}") from None
 
 
 def _one_line(text):
@@ -388,8 +460,13 @@ def _strip_delete(value):
     return value
 
 
-def _load_layered(path, display, chain):
+def _load_layered(path, display, chain, loads=None):
     """(data, sources) of `path` with its `_base_` files merged in (recursively)."""
+    loads = [0] if loads is None else loads  # files read so far for this config (a bound)
+    loads[0] += 1
+    if loads[0] > MAX_BASE_FILES:
+        raise ConfigError(f"{display}: more than {MAX_BASE_FILES} _base_ files to read for one "
+                          f"config (do _base_ lists repeat files?)")
     real = os.path.realpath(path)
     if real in [r for r, _ in chain]:
         start = [r for r, _ in chain].index(real)
@@ -415,9 +492,11 @@ def _load_layered(path, display, chain):
         base_display = os.path.normpath(os.path.join(os.path.dirname(display), base))
         base_path = os.path.join(os.path.dirname(path), base)
         if not os.path.isfile(base_path):
-            raise ConfigError(f"{display}: _base_ file '{base}' not found "
+            problem = ("is a directory" if os.path.isdir(base_path) else "is not a regular file"
+                       if os.path.exists(base_path) else "not found")
+            raise ConfigError(f"{display}: _base_ file '{base}' {problem} "
                               f"(looked for {base_display})")
-        base_data, base_sources = _load_layered(base_path, base_display, chain)
+        base_data, base_sources = _load_layered(base_path, base_display, chain, loads)
         merged = _merge(merged, sources, base_data, base_sources)
     merged = _merge(merged, sources, data, {(): display})
     return merged, sources
