@@ -5,11 +5,13 @@
 int index uses fresh OS entropy. Labels are int64 scalars, or float32 multi-hot [class_num] for
 multi-label lists. Every user-facing problem is a one-line DataError naming the file (and line).
 """
+import itertools
 import logging
 import multiprocessing
 import operator
 import os
 import pickle
+import stat
 import tarfile
 from typing import Optional
 
@@ -21,6 +23,9 @@ from .transforms import ImageDecodeError, apply_operators, create_operators
 
 logger = logging.getLogger("plsc")
 
+# The longest list-file line read (a path is at most 4096 bytes on Linux; multi-label lines of a
+# 21k-class set stay far below): a damaged file with no newline is refused, not read whole.
+MAX_LIST_LINE = 1 << 20
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
 
 
@@ -85,13 +90,16 @@ class FileImageDataset(BaseDataset):
             i = (index + attempt) % len(self.samples)
             path = self.samples[i][0]
             try:
+                # never read a device or FIFO listed by mistake (/dev/zero would never end)
+                if not stat.S_ISREG(os.stat(path).st_mode):
+                    raise IsADirectoryError(0, "not a regular file")
                 with open(path, "rb") as f:
                     data = f.read()
                 # A fresh generator per attempt: a replacement sample gets the same randomness
                 # whichever attempt it is.
                 img = apply_operators(self.ops, data, np.random.default_rng(seed))
-            except ImageDecodeError:
-                problem = f"cannot decode image {path}"
+            except ImageDecodeError as e:
+                problem = f"cannot decode image {path}" + (f": {e.reason}" if e.reason else "")
             except OSError as e:
                 problem = f"cannot read image {path}: {e.strerror or e}"
             else:
@@ -165,28 +173,49 @@ class ImageNetDataset(FileImageDataset):
     def _parse(self, list_path, delimiter):
         expected = "<relative/image/path> " + ("<l1,l2,...>" if self.multi_label else "<label>")
         samples = []
-        with open(list_path, encoding="utf-8") as f:
-            for lineno, line in enumerate(f, 1):
-                text = line.strip()
-                if not text:
-                    continue
-                parts = [p.strip() for p in text.rsplit(delimiter, 1)]
+        lineno = 0
+        with open(list_path, "rb") as f:  # bytes: a decoding error names its own line
+            for raw in iter(lambda: f.readline(MAX_LIST_LINE + 1), b""):
+                if len(raw) > MAX_LIST_LINE:
+                    raise DataError(f"{list_path}:{lineno + 1}: line longer than {MAX_LIST_LINE} "
+                                    f"bytes; expected '{expected}'")
+                if lineno == 0 and raw.startswith(b"\xef\xbb\xbf"):  # a UTF-8 byte order mark
+                    raw = raw[3:]
                 try:
-                    if len(parts) != 2 or not parts[0]:
-                        raise ValueError
-                    labels = [int(v) for v in parts[1].split(",")] if self.multi_label else [int(parts[1])]
-                except ValueError:
-                    raise DataError(f"{list_path}:{lineno}: malformed line {text!r}; expected "
-                                    f"'{expected}'") from None
-                for v in labels:
-                    if self.class_num is not None and not 0 <= v < self.class_num:
-                        raise DataError(f"{list_path}:{lineno}: label {v} is outside "
-                                        f"[0, class_num={self.class_num})")
-                    if v < 0:
-                        raise DataError(f"{list_path}:{lineno}: label {v} is negative")
-                label = labels if self.multi_label else labels[0]
-                samples.append((os.path.join(self.image_root, parts[0]), label))
+                    chunk = raw.decode("utf-8")
+                except UnicodeDecodeError as e:
+                    raise DataError(f"{list_path}:{lineno + 1}: not UTF-8 text ({e.reason} at "
+                                    f"byte {e.start}); expected '{expected}'") from None
+                if chunk.endswith("\n"):
+                    chunk = chunk[:-2] if chunk.endswith("\r\n") else chunk[:-1]
+                for line in chunk.split("\r"):  # old Mac line ends, as text mode read them
+                    lineno += 1
+                    self._parse_line(line, lineno, list_path, delimiter, expected, samples)
         return samples
+
+    def _parse_line(self, line, lineno, list_path, delimiter, expected, samples):
+        text = line.strip()
+        if not text:
+            return
+        parts = [p.strip() for p in text.rsplit(delimiter, 1)]
+        try:
+            if len(parts) != 2 or not parts[0] or "\0" in parts[0]:
+                raise ValueError
+            labels = [int(v) for v in parts[1].split(",")] if self.multi_label else [int(parts[1])]
+        except ValueError:
+            raise DataError(f"{list_path}:{lineno}: malformed line {_short(text)}; expected "
+                            f"'{expected}'") from None
+        for v in labels:
+            if self.class_num is not None and not 0 <= v < self.class_num:
+                raise DataError(f"{list_path}:{lineno}: label {_short(v)} is outside "
+                                f"[0, class_num={self.class_num})")
+            if v < 0:
+                raise DataError(f"{list_path}:{lineno}: label {_short(v)} is negative")
+        if len(parts[0]) > 4096:  # Linux's PATH_MAX: open() would fail, and the message be huge
+            raise DataError(f"{list_path}:{lineno}: image path {_short(parts[0])} is longer than "
+                            f"4096 characters")
+        label = labels if self.multi_label else labels[0]
+        samples.append((os.path.join(self.image_root, parts[0]), label))
 
     def label(self, index):
         label = self.samples[index][1]
@@ -195,6 +224,12 @@ class ImageNetDataset(FileImageDataset):
             hot[label] = 1.0
             return hot
         return np.int64(label)
+
+
+def _short(value, limit=80):
+    """repr of a string (str of anything else), cut to `limit` characters for a message."""
+    text = repr(value) if isinstance(value, str) else str(value)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 @DATASETS.register()
