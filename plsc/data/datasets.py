@@ -7,12 +7,14 @@ multi-label lists. Every user-facing problem is a one-line DataError naming the 
 """
 import itertools
 import logging
+import lzma
 import multiprocessing
 import operator
 import os
 import pickle
 import stat
 import tarfile
+import zlib
 from typing import Optional
 
 import numpy as np
@@ -211,6 +213,8 @@ class ImageNetDataset(FileImageDataset):
                                 f"[0, class_num={self.class_num})")
             if v < 0:
                 raise DataError(f"{list_path}:{lineno}: label {_short(v)} is negative")
+            if v >= 1 << 63:  # labels are int64 tensors
+                raise DataError(f"{list_path}:{lineno}: label {_short(v)} is too large for int64")
         if len(parts[0]) > 4096:  # Linux's PATH_MAX: open() would fail, and the message be huge
             raise DataError(f"{list_path}:{lineno}: image path {_short(parts[0])} is longer than "
                             f"4096 characters")
@@ -226,9 +230,10 @@ class ImageNetDataset(FileImageDataset):
         return np.int64(label)
 
 
-def _short(value, limit=80):
-    """repr of a string (str of anything else), cut to `limit` characters for a message."""
-    text = repr(value) if isinstance(value, str) else str(value)
+def _short(value, limit=80, quote=True):
+    """repr of a string (str of anything else, or of a string when not quote), cut to `limit`
+    characters for a message."""
+    text = repr(value) if isinstance(value, str) and quote else str(value)
     return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
@@ -286,17 +291,19 @@ class _CIFAR(BaseDataset):
             try:
                 images.append(np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
                 labels.append(np.asarray(batch[self.LABEL_KEY], dtype=np.int64))
-            except (KeyError, ValueError) as e:
-                raise DataError(f"{data_file}: '{name}' is not a {self.TITLE} batch ({e})") from None
+            except (KeyError, ValueError, TypeError, OverflowError) as e:  # also: not a dict
+                raise DataError(f"{data_file}: '{name}' is not a {self.TITLE} batch "
+                                f"({_short(str(e), 200, quote=False)})") from None
         self.images = np.ascontiguousarray(np.concatenate(images).transpose(0, 2, 3, 1))
         self.labels = np.concatenate(labels)
         if len(self.images) != len(self.labels):
             raise DataError(f"{data_file}: {len(self.images)} images but {len(self.labels)} labels")
         if self.META[0] in members:
             meta = _unpickle(members[self.META[0]], data_file, self.META[0])
-            names = meta.get(self.META[1])
-            if names is not None:
-                self.class_names = [n.decode() if isinstance(n, bytes) else str(n) for n in names]
+            names = meta.get(self.META[1]) if isinstance(meta, dict) else None
+            if isinstance(names, (list, tuple)):
+                self.class_names = [n.decode(errors="replace") if isinstance(n, bytes) else str(n)
+                                    for n in names]
 
     def __len__(self):
         return len(self.labels)
@@ -322,8 +329,12 @@ def _read_members(data_file, names, title):
                 base = os.path.basename(member.name)
                 if member.isfile() and base in names and base not in found:
                     found[base] = tar.extractfile(member).read()
-    except (tarfile.TarError, OSError, EOFError) as e:
-        raise DataError(f"{data_file}: cannot read the {title} archive ({e})") from None
+    except (tarfile.TarError, OSError, EOFError, zlib.error, lzma.LZMAError) as e:
+        # tarfile's "r:*" joins one line per compression it tried: say it in one line
+        reason = ("not a tar archive (plain, gz, bz2 or xz)"
+                  if "could not be opened successfully" in str(e) else " ".join(str(e).split()))
+        raise DataError(f"{data_file}: cannot read the {title} archive ({_short(reason, 200, quote=False)})") \
+            from None
     return found
 
 
