@@ -298,6 +298,26 @@ _Loader.add_constructor("tag:yaml.org,2002:str", _construct_str)
 _Loader.add_constructor("tag:yaml.org,2002:map", _construct_map)
 
 
+def _checked(construct, kind):
+    """A scalar constructor whose ValueError (`!!int 12x`, an int of 5000 digits, month 13)
+    becomes a YAML error with the line, like every other parse problem."""
+    def wrapper(loader, node):
+        try:
+            return construct(loader, node)
+        except (ValueError, TypeError, OverflowError) as e:
+            text = str(node.value)
+            text = text if len(text) <= 40 else text[:37] + "..."
+            reason = str(e).split(";")[0]  # drop "use sys.set_int_max_str_digits() ..."
+            raise yaml.constructor.ConstructorError(
+                None, None, f"cannot read {text!r} as {kind} ({reason})", node.start_mark) from None
+    return wrapper
+
+
+for _tag, _kind in (("int", "an int"), ("float", "a float"), ("timestamp", "a timestamp")):
+    _tag = "tag:yaml.org,2002:" + _tag
+    _Loader.add_constructor(_tag, _checked(_Loader.yaml_constructors[_tag], _kind))
+
+
 def load_yaml(path):
     """Parse one YAML file (no `_base_` handling); errors -> ConfigError 'file:line: problem'."""
     try:
