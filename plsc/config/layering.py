@@ -92,8 +92,18 @@ def _strip_delete(value):
     return value
 
 
-def load_layered(path, display, chain):
+# Files read through `_base_` for one config (a diamond's shared base counts each time): real
+# configs read a handful; repeated lists would otherwise grow exponentially.
+MAX_BASE_FILES = 64
+
+
+def load_layered(path, display, chain, loads=None):
     """(data, sources) of `path` with its `_base_` files merged in (recursively)."""
+    loads = [0] if loads is None else loads  # files read so far for this config
+    loads[0] += 1
+    if loads[0] > MAX_BASE_FILES:
+        raise ConfigError(f"{display}: more than {MAX_BASE_FILES} _base_ files to read for one "
+                          f"config (do _base_ lists repeat files?)")
     real = os.path.realpath(path)
     if real in [r for r, _ in chain]:
         start = [r for r, _ in chain].index(real)
@@ -119,9 +129,11 @@ def load_layered(path, display, chain):
         base_display = os.path.normpath(os.path.join(os.path.dirname(display), base))
         base_path = os.path.join(os.path.dirname(path), base)
         if not os.path.isfile(base_path):
-            raise ConfigError(f"{display}: _base_ file '{base}' not found "
+            problem = ("is a directory" if os.path.isdir(base_path) else "is not a regular file"
+                       if os.path.exists(base_path) else "not found")
+            raise ConfigError(f"{display}: _base_ file '{base}' {problem} "
                               f"(looked for {base_display})")
-        base_data, base_sources = load_layered(base_path, base_display, chain)
+        base_data, base_sources = load_layered(base_path, base_display, chain, loads)
         merged = _merge(merged, sources, base_data, base_sources)
     merged = _merge(merged, sources, data, {(): display})
     return merged, sources

@@ -15,9 +15,12 @@ _FLOAT = re.compile(r"[-+]?(?:\d+\.\d*|\.\d+|\d+)(?:[eE][-+]?\d+)?\Z")
 _FRACTION = re.compile(r"([-+]?(?:\d+\.\d*|\.\d+|\d+)(?:[eE][-+]?\d+)?)\s*/\s*"
                        r"((?:\d+\.\d*|\.\d+|\d+)(?:[eE][-+]?\d+)?)\Z")
 _CLOSING = {"[": "]", "(": ")", "{": "}"}
+# Real configs are a few KB and ~8 levels deep; far beyond that is a damaged or hostile file,
+# refused with one line instead of a RecursionError (bracketed values and YAML alike).
+MAX_NESTING = 100
 
 
-def parse_value(text):
+def parse_value(text, _depth=0):
     """Type a value written as text, without eval.
 
     ints, floats (`3e-3`, `1E-8`, `.5`), booleans, null/None/~, `[..]` lists and `(..)` tuples
@@ -37,23 +40,26 @@ def parse_value(text):
     if s in _NULL:
         return None
     if _INT.match(s):
-        return int(s)
+        try:
+            return int(s)
+        except ValueError:  # more digits than Python converts (4300): keep the text
+            return s
     if _FLOAT.match(s):
         return float(s)
     m = _FRACTION.match(s)
     if m and float(m.group(2)) != 0.0:
         return float(m.group(1)) / float(m.group(2))
-    if len(s) >= 2 and s[0] in _CLOSING and s[-1] == _CLOSING[s[0]]:
+    if len(s) >= 2 and s[0] in _CLOSING and s[-1] == _CLOSING[s[0]] and _depth < MAX_NESTING:
         parts = _split_top_level(s[1:-1])
         if parts is not None:
             if s[0] == "[":
-                return [parse_value(p) for p in parts]
+                return [parse_value(p, _depth + 1) for p in parts]
             if s[0] == "(":
                 # Python semantics: "(x)" is x, "(x,)" and "(x, y)" are sequences.
                 if len(parts) == 1 and not s[1:-1].rstrip().endswith(","):
-                    return parse_value(parts[0])
-                return [parse_value(p) for p in parts]
-            mapping = _parse_mapping(parts)
+                    return parse_value(parts[0], _depth + 1)
+                return [parse_value(p, _depth + 1) for p in parts]
+            mapping = _parse_mapping(parts, _depth + 1)
             if mapping is not None:
                 return mapping
     return s
@@ -87,7 +93,7 @@ def _split_top_level(inner):
     return parts
 
 
-def _parse_mapping(parts):
+def _parse_mapping(parts, _depth=0):
     out = {}
     for part in parts:
         key, sep, value = part.partition(":")
@@ -96,7 +102,7 @@ def _parse_mapping(parts):
             return None
         if len(key) >= 2 and key[0] == key[-1] and key[0] in "'\"":
             key = key[1:-1]
-        out[key] = parse_value(value)
+        out[key] = parse_value(value, _depth)
     return out
 
 

@@ -5,12 +5,68 @@ import yaml
 
 from ..errors import ConfigError
 from .attrdict import AttrDict
-from .values import one_line, parse_value
+from .values import MAX_NESTING, one_line, parse_value
 
+# Bounds on one config file: real ones are a few KB; beyond these it is damaged or hostile and
+# gets one line instead of a hang, a crash or gigabytes of memory.
+MAX_CONFIG_BYTES = 1 << 20
+MAX_VALUES = 100_000  # YAML nodes of one file once aliases are expanded ("billion laughs")
 
 
 class _Loader(yaml.SafeLoader):
-    """SafeLoader that types plain strings with parse_value and rejects duplicate keys."""
+    """SafeLoader that types plain strings with parse_value and rejects duplicate keys.
+
+    It also refuses nesting deeper than MAX_NESTING (PyYAML composes and constructs
+    recursively) and documents whose aliases expand to more than MAX_VALUES nodes."""
+
+    _depth = 0
+
+    def compose_node(self, parent, index):
+        if self._depth >= MAX_NESTING:
+            raise yaml.composer.ComposerError(
+                None, None, f"nested deeper than {MAX_NESTING} levels", self.peek_event().start_mark)
+        self._depth += 1
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+    def get_single_node(self):
+        node = super().get_single_node()
+        if node is not None and _expanded_size(node) > MAX_VALUES:
+            raise yaml.composer.ComposerError(
+                None, None, f"more than {MAX_VALUES} values once aliases are expanded",
+                node.start_mark)
+        return node
+
+
+def _expanded_size(root):
+    """Nodes of the document with every alias expanded (shared nodes counted at each use).
+
+    Iterative and memoised per node; a node met again while its own size is being computed
+    (a recursive alias) counts 1 here: the constructor rejects it with its own message."""
+    sizes, busy, stack = {}, set(), [(root, False)]
+    while stack:
+        node, done = stack.pop()
+        key = id(node)
+        if done:
+            busy.discard(key)
+            sizes[key] = 1 + sum(sizes.get(id(c), 1) for c in _children(node))
+            continue
+        if key in sizes or key in busy:
+            continue
+        busy.add(key)
+        stack.append((node, True))
+        stack.extend((c, False) for c in _children(node) if id(c) not in sizes)
+    return sizes[id(root)]
+
+
+def _children(node):
+    if isinstance(node, yaml.SequenceNode):
+        return node.value
+    if isinstance(node, yaml.MappingNode):
+        return [n for pair in node.value for n in pair]
+    return []
 
 
 def _construct_str(loader, node):
@@ -41,11 +97,35 @@ _Loader.add_constructor("tag:yaml.org,2002:str", _construct_str)
 _Loader.add_constructor("tag:yaml.org,2002:map", _construct_map)
 
 
+def _checked(construct, kind):
+    """A scalar constructor whose ValueError (`!!int 12x`, an int of 5000 digits, month 13)
+    becomes a YAML error with the line, like every other parse problem."""
+    def wrapper(loader, node):
+        try:
+            return construct(loader, node)
+        except (ValueError, TypeError, OverflowError) as e:
+            text = str(node.value)
+            text = text if len(text) <= 40 else text[:37] + "..."
+            reason = str(e).split(";")[0]  # drop "use sys.set_int_max_str_digits() ..."
+            raise yaml.constructor.ConstructorError(
+                None, None, f"cannot read {text!r} as {kind} ({reason})", node.start_mark) from None
+    return wrapper
+
+
+for _tag, _kind in (("int", "an int"), ("float", "a float"), ("timestamp", "a timestamp")):
+    _tag = "tag:yaml.org,2002:" + _tag
+    _Loader.add_constructor(_tag, _checked(_Loader.yaml_constructors[_tag], _kind))
+
+
 def load_yaml(path):
     """Parse one YAML file (no `_base_` handling); errors -> ConfigError 'file:line: problem'."""
     try:
-        with open(path, encoding="utf-8") as f:
-            text = f.read()
+        with open(path, "rb") as f:
+            raw = f.read(MAX_CONFIG_BYTES + 1)  # bounded: /dev/zero or a huge file never hangs
+        if len(raw) > MAX_CONFIG_BYTES:
+            raise ConfigError(f"config file {path} is larger than {MAX_CONFIG_BYTES >> 20} MiB; "
+                              f"expected a YAML config")
+        text = raw.decode("utf-8")
     except FileNotFoundError:
         raise ConfigError(f"config file not found: {path}") from None
     except IsADirectoryError:
@@ -68,6 +148,10 @@ def load_yaml(path):
         raise ConfigError(f"{where}: {one_line(problem)}") from None
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: {one_line(str(e))}") from None
+    except RecursionError:  # a safety net: MAX_NESTING normally stops this first
+        raise ConfigError(f"{path}: nested too deeply to parse") from None
+    except (ValueError, TypeError, OverflowError) as e:  # an explicit tag: `!!int 1x`, `!!float`
+        raise ConfigError(f"{path}: cannot construct a value: {one_line(e)[:200]}") from None
 
 
 class _Dumper(yaml.SafeDumper):

@@ -5,11 +5,15 @@
 int index uses fresh OS entropy. Labels are int64 scalars, or float32 multi-hot [class_num] for
 multi-label lists. Every user-facing problem is a one-line DataError naming the file (and line).
 """
+import itertools
 import logging
+import lzma
 import multiprocessing
 import operator
 import os
+import stat
 import tarfile
+import zlib
 from typing import Literal, Optional
 
 import numpy as np
@@ -21,6 +25,9 @@ from .transforms import ImageDecodeError, apply_operators, create_operators
 
 logger = logging.getLogger("plsc")
 
+# The longest list-file line read (a path is at most 4096 bytes on Linux; multi-label lines of a
+# 21k-class set stay far below): a damaged file with no newline is refused, not read whole.
+MAX_LIST_LINE = 1 << 20
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
 
 
@@ -85,13 +92,16 @@ class FileImageDataset(BaseDataset):
             i = (index + attempt) % len(self.samples)
             path = self.samples[i][0]
             try:
+                # never read a device or FIFO listed by mistake (/dev/zero would never end)
+                if not stat.S_ISREG(os.stat(path).st_mode):
+                    raise IsADirectoryError(0, "not a regular file")
                 with open(path, "rb") as f:
                     data = f.read()
                 # A fresh generator per attempt: a replacement sample gets the same randomness
                 # whichever attempt it is.
                 img = apply_operators(self.ops, data, np.random.default_rng(seed))
-            except ImageDecodeError:
-                problem = f"cannot decode image {path}"
+            except ImageDecodeError as e:
+                problem = f"cannot decode image {path}" + (f": {e.reason}" if e.reason else "")
             except OSError as e:
                 problem = f"cannot read image {path}: {e.strerror or e}"
             else:
@@ -169,28 +179,51 @@ class ImageNetDataset(FileImageDataset):
     def _parse(self, list_path, delimiter):
         expected = "<relative/image/path> " + ("<l1,l2,...>" if self.multi_label else "<label>")
         samples = []
-        with open(list_path, encoding="utf-8") as f:
-            for lineno, line in enumerate(f, 1):
-                text = line.strip()
-                if not text:
-                    continue
-                parts = [p.strip() for p in text.rsplit(delimiter, 1)]
+        lineno = 0
+        with open(list_path, "rb") as f:  # bytes: a decoding error names its own line
+            for raw in iter(lambda: f.readline(MAX_LIST_LINE + 1), b""):
+                if len(raw) > MAX_LIST_LINE:
+                    raise DataError(f"{list_path}:{lineno + 1}: line longer than {MAX_LIST_LINE} "
+                                    f"bytes; expected '{expected}'")
+                if lineno == 0 and raw.startswith(b"\xef\xbb\xbf"):  # a UTF-8 byte order mark
+                    raw = raw[3:]
                 try:
-                    if len(parts) != 2 or not parts[0]:
-                        raise ValueError
-                    labels = [int(v) for v in parts[1].split(",")] if self.multi_label else [int(parts[1])]
-                except ValueError:
-                    raise DataError(f"{list_path}:{lineno}: malformed line {text!r}; expected "
-                                    f"'{expected}'") from None
-                for v in labels:
-                    if self.class_num is not None and not 0 <= v < self.class_num:
-                        raise DataError(f"{list_path}:{lineno}: label {v} is outside "
-                                        f"[0, class_num={self.class_num})")
-                    if v < 0:
-                        raise DataError(f"{list_path}:{lineno}: label {v} is negative")
-                label = labels if self.multi_label else labels[0]
-                samples.append((os.path.join(self.image_root, parts[0]), label))
+                    chunk = raw.decode("utf-8")
+                except UnicodeDecodeError as e:
+                    raise DataError(f"{list_path}:{lineno + 1}: not UTF-8 text ({e.reason} at "
+                                    f"byte {e.start}); expected '{expected}'") from None
+                if chunk.endswith("\n"):
+                    chunk = chunk[:-2] if chunk.endswith("\r\n") else chunk[:-1]
+                for line in chunk.split("\r"):  # old Mac line ends, as text mode read them
+                    lineno += 1
+                    self._parse_line(line, lineno, list_path, delimiter, expected, samples)
         return samples
+
+    def _parse_line(self, line, lineno, list_path, delimiter, expected, samples):
+        text = line.strip()
+        if not text:
+            return
+        parts = [p.strip() for p in text.rsplit(delimiter, 1)]
+        try:
+            if len(parts) != 2 or not parts[0] or "\0" in parts[0]:
+                raise ValueError
+            labels = [int(v) for v in parts[1].split(",")] if self.multi_label else [int(parts[1])]
+        except ValueError:
+            raise DataError(f"{list_path}:{lineno}: malformed line {_short(text)}; expected "
+                            f"'{expected}'") from None
+        for v in labels:
+            if self.class_num is not None and not 0 <= v < self.class_num:
+                raise DataError(f"{list_path}:{lineno}: label {_short(v)} is outside "
+                                f"[0, class_num={self.class_num})")
+            if v < 0:
+                raise DataError(f"{list_path}:{lineno}: label {_short(v)} is negative")
+            if v >= 1 << 63:  # labels are int64 tensors
+                raise DataError(f"{list_path}:{lineno}: label {_short(v)} is too large for int64")
+        if len(parts[0]) > 4096:  # Linux's PATH_MAX: open() would fail, and the message be huge
+            raise DataError(f"{list_path}:{lineno}: image path {_short(parts[0])} is longer than "
+                            f"4096 characters")
+        label = labels if self.multi_label else labels[0]
+        samples.append((os.path.join(self.image_root, parts[0]), label))
 
     def label(self, index):
         label = self.samples[index][1]
@@ -199,6 +232,13 @@ class ImageNetDataset(FileImageDataset):
             hot[label] = 1.0
             return hot
         return np.int64(label)
+
+
+def _short(value, limit=80, quote=True):
+    """repr of a string (str of anything else, or of a string when not quote), cut to `limit`
+    characters for a message."""
+    text = repr(value) if isinstance(value, str) and quote else str(value)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 @DATASETS.register()
@@ -252,17 +292,19 @@ class _CIFAR(BaseDataset):
             try:
                 images.append(np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
                 labels.append(np.asarray(batch[self.LABEL_KEY], dtype=np.int64))
-            except (KeyError, ValueError) as e:
-                raise DataError(f"{data_file}: '{name}' is not a {self.TITLE} batch ({e})") from None
+            except (KeyError, ValueError, TypeError, OverflowError) as e:  # also: not a dict
+                raise DataError(f"{data_file}: '{name}' is not a {self.TITLE} batch "
+                                f"({_short(str(e), 200, quote=False)})") from None
         self.images = np.ascontiguousarray(np.concatenate(images).transpose(0, 2, 3, 1))
         self.labels = np.concatenate(labels)
         if len(self.images) != len(self.labels):
             raise DataError(f"{data_file}: {len(self.images)} images but {len(self.labels)} labels")
         if self.META[0] in members:
             meta = _unpickle(members[self.META[0]], data_file, self.META[0])
-            names = meta.get(self.META[1])
-            if names is not None:
-                self.class_names = [n.decode() if isinstance(n, bytes) else str(n) for n in names]
+            names = meta.get(self.META[1]) if isinstance(meta, dict) else None
+            if isinstance(names, (list, tuple)):
+                self.class_names = [n.decode(errors="replace") if isinstance(n, bytes) else str(n)
+                                    for n in names]
 
     def __len__(self):
         return len(self.labels)
@@ -288,8 +330,12 @@ def _read_members(data_file, names, title):
                 base = os.path.basename(member.name)
                 if member.isfile() and base in names and base not in found:
                     found[base] = tar.extractfile(member).read()
-    except (tarfile.TarError, OSError, EOFError) as e:
-        raise DataError(f"{data_file}: cannot read the {title} archive ({e})") from None
+    except (tarfile.TarError, OSError, EOFError, zlib.error, lzma.LZMAError) as e:
+        # tarfile's "r:*" joins one line per compression it tried: say it in one line
+        reason = ("not a tar archive (plain, gz, bz2 or xz)"
+                  if "could not be opened successfully" in str(e) else " ".join(str(e).split()))
+        raise DataError(f"{data_file}: cannot read the {title} archive ({_short(reason, 200, quote=False)})") \
+            from None
     return found
 
 

@@ -6,7 +6,9 @@ DecodeImage, then an HWC uint8 array, then float32 after NormalizeImage), `rng` 
 (global seed, epoch, index): augmentation then does not depend on worker count, process count or
 resume point. Resizing uses OpenCV; `backend: pil` gives Pillow's (antialiased) filters instead.
 """
+import io
 import math
+import warnings
 from typing import Annotated, List, Literal, Optional, Tuple, Union
 
 import cv2
@@ -28,10 +30,57 @@ Scale = Annotated[Tuple[Positive, Positive], Rule("(min <= max <= 1)",
 Ratio = Annotated[Tuple[Positive, Positive], Rule("(min <= max)", lambda r: r[0] <= r[1])]
 _CV2_FLAGS = {"nearest": cv2.INTER_NEAREST, "bilinear": cv2.INTER_LINEAR,
               "bicubic": cv2.INTER_CUBIC, "area": cv2.INTER_AREA, "lanczos": cv2.INTER_LANCZOS4}
+# The largest image DecodeImage decodes (8192 x 8192: 200 MB as uint8 RGB). A header can claim
+# any size, and OpenCV allocates (and for JPEG fills) the whole claimed image before it finds
+# the data missing: a 30000 x 30000 header in a few hundred bytes costs it 2.7 GB and a minute.
+MAX_IMAGE_PIXELS = 1 << 26
+
+def _imdecode_quietly(data):
+    """cv2.imdecode without OpenCV's log lines ("[ WARN:0@..] PNG input buffer is incomplete",
+    "[ERROR:0@..] imdecode_ ... can't read data"): the caller reports a failure in one line."""
+    logging = getattr(getattr(cv2, "utils", None), "logging", None)
+    if logging is None:  # an OpenCV build without the logging module
+        return cv2.imdecode(data, cv2.IMREAD_COLOR)
+    level = logging.getLogLevel()
+    logging.setLogLevel(logging.LOG_LEVEL_SILENT)
+    try:
+        return cv2.imdecode(data, cv2.IMREAD_COLOR)
+    finally:
+        logging.setLogLevel(level)
 
 
 class ImageDecodeError(DataError):
-    """The bytes are not an image OpenCV can decode (the dataset adds the file name)."""
+    """The bytes are not an image OpenCV can decode (the dataset adds the file name).
+
+    `reason` says why, when more is known than "not decodable" (e.g. too many pixels)."""
+
+    def __init__(self, message, reason=None):
+        super().__init__(message)
+        self.reason = reason
+
+
+def _header_size(data):
+    """(width, height) from the image header (Pillow reads only the header), or None when
+    Pillow does not recognise the data (OpenCV then tries it as before)."""
+    from PIL import Image
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as im:
+                return im.size
+    except Image.DecompressionBombError as e:  # Pillow's own limit, above ours: still a size
+        return _bomb_size(e)
+    except Exception:  # noqa: BLE001 - unidentifiable or damaged header: OpenCV decides
+        return None
+
+
+def _bomb_size(error):
+    import re
+
+    m = re.search(r"\((\d+) pixels\)", str(error))
+    n = int(m.group(1)) if m else MAX_IMAGE_PIXELS + 1
+    return n, 1
 
 
 def _size(size):
@@ -73,7 +122,16 @@ class DecodeImage:
             with open(img, "rb") as f:
                 img = f.read()
         data = np.frombuffer(img, dtype=np.uint8)
-        out = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
+        size = _header_size(img) if data.size else None
+        if size is not None and size[0] * size[1] > MAX_IMAGE_PIXELS:
+            w, h = size
+            reason = (f"{w}x{h} pixels" if h > 1 else f"{w} pixels") + \
+                f", more than DecodeImage's limit of {MAX_IMAGE_PIXELS}"
+            raise ImageDecodeError(f"cannot decode image ({data.size} bytes): {reason}", reason)
+        try:
+            out = _imdecode_quietly(data) if data.size else None
+        except cv2.error:  # e.g. a header over OpenCV's own pixel limit
+            out = None
         if out is None:
             raise ImageDecodeError(f"cannot decode image ({data.size} bytes)")
         if self.to_rgb:
