@@ -5,9 +5,6 @@ Every comparison is between two runs of the real engine that must agree for a re
 """
 import os
 import re
-import socket
-import subprocess
-import sys
 
 import numpy as np
 import paddle
@@ -16,8 +13,8 @@ import pytest
 from plsc.config import get_config
 from plsc.engine import build_trainer, run
 from plsc.engine import checkpoint as ckpt
-from plsc.errors import ConfigError, TrainingError
-from tiny import ROOT, run_tool, tiny_config
+from plsc.errors import TrainingError
+from tiny import launch_two_nodes, run_tool, tiny_config, worker_logs
 
 
 @pytest.fixture(scope="module")
@@ -81,16 +78,9 @@ def test_data_parallel_2_procs_equals_1_proc_double_batch(tmp_path, data_root):
     single = tiny_config(tmp_path / "single", data_root, batch_size=8,
                          **{"Global.max_train_step": 3})
     r = run_tool("train", ["-c", dp], nproc=2, log_dir=tmp_path / "logs")
-    assert r.returncode == 0, r.stdout + r.stderr + _worker_logs(tmp_path / "logs")
+    assert r.returncode == 0, r.stdout + r.stderr + worker_logs(tmp_path / "logs")
     train(single)
     assert max_diff(params(tmp_path / "dp/out"), params(tmp_path / "single/out")) <= 1e-5
-
-
-def _worker_logs(log_dir):
-    text = ""
-    for name in sorted(os.listdir(log_dir)) if os.path.isdir(log_dir) else []:
-        text += open(os.path.join(log_dir, name), errors="replace").read()[-3000:]
-    return text
 
 
 def test_eval_exact_over_uneven_shards(tmp_path, data_root):
@@ -103,9 +93,9 @@ def test_eval_exact_over_uneven_shards(tmp_path, data_root):
     two = run_tool("eval", ["-c", path, "-o", f"Global.pretrained_model={weights}"], nproc=2,
                    log_dir=tmp_path / "logs")
     assert one.returncode == 0, one.stderr
-    assert two.returncode == 0, two.stderr + _worker_logs(tmp_path / "logs")
+    assert two.returncode == 0, two.stderr + worker_logs(tmp_path / "logs")
     line1 = re.search(r"^eval: .*$", one.stdout, re.M).group(0)
-    line2 = re.search(r"^eval: .*$", two.stdout + _worker_logs(tmp_path / "logs"), re.M).group(0)
+    line2 = re.search(r"^eval: .*$", two.stdout + worker_logs(tmp_path / "logs"), re.M).group(0)
     assert line1 == line2
     assert "(13 images" in one.stdout
 
@@ -115,24 +105,8 @@ def test_two_nodes_over_loopback(tmp_path, data_root):
     nodes = tiny_config(tmp_path / "nodes", data_root, batch_size=4, **{"Global.max_train_step": 2})
     single = tiny_config(tmp_path / "single", data_root, batch_size=8,
                          **{"Global.max_train_step": 2})
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = dict(os.environ, PYTHONPATH=ROOT)
-    procs = [subprocess.Popen(
-        [sys.executable, "-m", "paddle.distributed.launch", "--nnodes", "2", "--master",
-         f"127.0.0.1:{port}", "--rank", str(rank), "--nproc_per_node", "1", "--log_dir",
-         str(tmp_path / f"log{rank}"), os.path.join(ROOT, "tools/train.py"), "-c", nodes],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, cwd=ROOT) for rank in (0, 1)]
-    try:
-        for p in procs:
-            p.wait(timeout=240)
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-    assert [p.returncode for p in procs] == [0, 0], _worker_logs(tmp_path / "log0") + \
-        _worker_logs(tmp_path / "log1")
+    assert launch_two_nodes(tmp_path, nodes) == [0, 0], worker_logs(tmp_path / "log0") + \
+        worker_logs(tmp_path / "log1")
     train(single)
     assert max_diff(params(tmp_path / "nodes/out"), params(tmp_path / "single/out")) <= 1e-5
 

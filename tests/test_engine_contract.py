@@ -14,7 +14,6 @@ names the Python API). Observations patch Paddle classes, never plsc internals.
 """
 import math
 import os
-import socket
 import subprocess
 import sys
 import textwrap
@@ -23,7 +22,7 @@ import numpy as np
 import paddle
 import pytest
 
-from tiny import ROOT, run_tool, tiny_config
+from tiny import ROOT, launch_two_nodes, run_tool, tiny_config, worker_logs
 
 # Float32 noise between two runs that compute the same update in a different order: measured
 # 5.6e-8 for accumulation, 2 processes and 2 nodes alike; ~10x that, while a factor-2 gradient
@@ -67,13 +66,6 @@ def max_diff(a, b):
     return max(float(np.abs(a[k] - b[k]).max()) for k in a)
 
 
-def _worker_logs(log_dir):
-    text = ""
-    for name in sorted(os.listdir(log_dir)) if os.path.isdir(log_dir) else []:
-        text += open(os.path.join(log_dir, name), errors="replace").read()[-3000:]
-    return text
-
-
 # ---------------------------------------------------------------- gradient averaging
 # No clipping, no weight decay, no warmup: the update is linear in the gradient, so a gradient
 # summed where it should be averaged moves the weights like a doubled learning rate would.
@@ -112,7 +104,7 @@ def test_two_processes_average_gradients_unclipped(tmp_path, data_root, referenc
     ref, doubled = reference
     path = tiny_config(tmp_path, data_root, batch_size=4, **UNCLIPPED)
     r = run_tool("train", ["-c", path], nproc=2, log_dir=tmp_path / "logs")
-    assert r.returncode == 0, r.stdout + r.stderr + _worker_logs(tmp_path / "logs")
+    assert r.returncode == 0, r.stdout + r.stderr + worker_logs(tmp_path / "logs")
     got = weights(tmp_path)
     assert max_diff(got, ref) <= EQUIV_TOL
     assert max_diff(got, doubled) > 1000 * EQUIV_TOL
@@ -121,24 +113,7 @@ def test_two_processes_average_gradients_unclipped(tmp_path, data_root, referenc
 def test_two_nodes_average_gradients_unclipped(tmp_path, data_root, reference):
     ref, doubled = reference
     path = tiny_config(tmp_path, data_root, batch_size=4, **UNCLIPPED)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = dict(os.environ, PYTHONPATH=ROOT)
-    procs = [subprocess.Popen(
-        [sys.executable, "-m", "paddle.distributed.launch", "--nnodes", "2", "--master",
-         f"127.0.0.1:{port}", "--rank", str(rank), "--nproc_per_node", "1", "--log_dir",
-         str(tmp_path / f"log{rank}"), os.path.join(ROOT, "tools/train.py"), "-c", path],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, cwd=ROOT) for rank in (0, 1)]
-    try:
-        for p in procs:
-            p.wait(timeout=240)
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-    assert [p.returncode for p in procs] == [0, 0], \
-        _worker_logs(tmp_path / "log0") + _worker_logs(tmp_path / "log1")
+    assert launch_two_nodes(tmp_path, path) == [0, 0],         worker_logs(tmp_path / "log0") + worker_logs(tmp_path / "log1")
     got = weights(tmp_path)
     assert max_diff(got, ref) <= EQUIV_TOL
     assert max_diff(got, doubled) > 1000 * EQUIV_TOL
@@ -248,7 +223,7 @@ def _launch_recording(script, dump, path, overrides, log_dir, nproc=2):
         cmd += ["-o", *overrides]
     env = dict(os.environ, PYTHONPATH=ROOT, PLSC_ROOT=ROOT)
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=ROOT)
-    assert r.returncode == 0, r.stdout + r.stderr + _worker_logs(log_dir)
+    assert r.returncode == 0, r.stdout + r.stderr + worker_logs(log_dir)
     masks = []
     for rank in range(nproc):
         with np.load(f"{dump}.rank{rank}.npz") as z:

@@ -1,5 +1,6 @@
 """A tiny but complete training config for engine tests: a 2-block ViT on 16px SyntheticShapes."""
 import os
+import socket
 import subprocess
 import sys
 
@@ -69,3 +70,33 @@ def run_tool(tool, args, nproc=1, timeout=300, log_dir=None, extra_launch=()):
     cmd += [os.path.join(ROOT, "tools", f"{tool}.py"), *args]
     env = dict(os.environ, PYTHONPATH=ROOT)
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, cwd=ROOT)
+
+
+def worker_logs(log_dir):
+    """The tails of a launch's worker logs, for assertion messages."""
+    text = ""
+    for name in sorted(os.listdir(log_dir)) if os.path.isdir(log_dir) else []:
+        text += open(os.path.join(log_dir, name), errors="replace").read()[-3000:]
+    return text
+
+
+def launch_two_nodes(tmp_path, config, timeout=240):
+    """Train `config` as two 1-process nodes rendezvousing on 127.0.0.1 (logs in tmp_path/log0,
+    log1); returns both launchers' exit codes."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    procs = [subprocess.Popen(
+        [sys.executable, "-m", "paddle.distributed.launch", "--nnodes", "2", "--master",
+         f"127.0.0.1:{port}", "--rank", str(rank), "--nproc_per_node", "1", "--log_dir",
+         str(tmp_path / f"log{rank}"), os.path.join(ROOT, "tools/train.py"), "-c", config],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, cwd=ROOT) for rank in (0, 1)]
+    try:
+        for p in procs:
+            p.wait(timeout=timeout)
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    return [p.returncode for p in procs]
