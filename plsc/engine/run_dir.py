@@ -41,9 +41,19 @@ def _recorded_config(out_dir):
         return yaml.safe_load(f)
 
 
+# Keys that say how a launch starts, not what it trains: a relaunch differing only in them is
+# the same run and needs no new config record.
+LAUNCH_KEYS = ("checkpoint", "auto_resume", "overwrite")
+
+
 def current_record(cfg):
     """The config as config.yaml records it (plain dict)."""
     return yaml.safe_load(config_lib.dump_config(cfg))
+
+
+def _trained(rec):
+    glob_ = {k: v for k, v in (rec.get("Global") or {}).items() if k not in LAUNCH_KEYS}
+    return dict(rec, Global=glob_)
 
 
 def _batch(rec):
@@ -152,7 +162,7 @@ def resume_record_name(out_dir, cfg):
     rec = _recorded_config(out_dir)
     if rec is None:
         return "config.yaml"
-    if rec == current_record(cfg):
+    if _trained(rec) == _trained(current_record(cfg)):
         return None
     n = 1
     while os.path.exists(os.path.join(out_dir, f"config.resume-{n}.yaml")):
