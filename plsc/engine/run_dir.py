@@ -95,8 +95,7 @@ def _auto_resume(cfg, out_dir):
     """Decision from `latest` (falling back to the save protocol's backup), or None."""
     latest = os.path.join(out_dir, "latest")
     bak = checkpoint._backup_prefix(latest)
-    if not any(os.path.exists(p + ".pdstates") or os.path.exists(p + ".pdparams")
-               for p in (latest, bak)):
+    if not any(os.path.exists(p + ".pdstates") for p in (latest, bak)):  # .pdstates goes last
         return None
     reason = checkpoint.torn_reason(latest)
     prefix = latest
@@ -114,6 +113,17 @@ def _auto_resume(cfg, out_dir):
                         f"{cfg.Global.epochs}) in {out_dir}: nothing to do")
     note = f" ({reason}; using the backup)" if reason else ""
     return Decision("resume", f"resuming from {prefix} ({where}){note}", prefix)
+
+
+def _same_run_without_checkpoint(cfg, out_dir):
+    """True when out_dir holds this very config's record and no checkpoint that completed a
+    save (killed before or during its first save): relaunching it blindly starts over."""
+    rec = _recorded_config(out_dir)
+    latest = os.path.join(out_dir, "latest")
+    saved = any(os.path.exists(p + ".pdstates")
+                for p in (latest, checkpoint._backup_prefix(latest)))
+    return (rec is not None and not saved and not checkpoint.epoch_checkpoints(out_dir)
+            and _trained(rec) == _trained(current_record(cfg)))
 
 
 def _previous_run(out_dir):
@@ -144,6 +154,9 @@ def decide(cfg):
         if found is not None:
             return found
     if _previous_run(out_dir):
+        if g.auto_resume and not g.overwrite and _same_run_without_checkpoint(cfg, out_dir):
+            return Decision("fresh", f"no complete checkpoint in {out_dir}: starting fresh "
+                            "(the run recorded there was stopped before its first save)")
         if not g.overwrite:
             raise ConfigError(f"{out_dir} already holds a run (checkpoints/config.yaml/logs): "
                               f"use a new Global.output_dir, -o Global.auto_resume=True to "
