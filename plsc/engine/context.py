@@ -12,7 +12,7 @@ import paddle
 from .. import config as config_lib
 from ..cpu import tune_cpu
 from . import amp as amp_lib
-from . import distributed, rng
+from . import distributed, rng, run_dir
 from .logger import Scalars, setup_logger
 
 
@@ -62,30 +62,33 @@ def setup_run(cfg, mode):
     return RunContext(cfg, world, out_dir, logger, device, seed, scalars)
 
 
-def commit_run(ctx, mode, record_name=None, record_text=None):
+def commit_run(ctx, mode):
     """Create the output directory and start writing: `{mode}.log` (with the records buffered
-    since setup_run), the config record `record_name` when given (train only: eval never
-    rewrites config.yaml), and VisualDL scalars."""
+    since setup_run), the config record (train only: eval never rewrites config.yaml; a resume
+    whose config differs from the recorded one writes config.resume-<n>.yaml alongside, see
+    run_dir.resume_record_name), and VisualDL scalars. Idempotent."""
     logger, g = ctx.logger, ctx.cfg.Global
     buffers = [h for h in logger.handlers if isinstance(h, logging.handlers.BufferingHandler)]
+    if not buffers:
+        return ctx
     for h in buffers:
         logger.removeHandler(h)
     if not ctx.world.is_main:
         return ctx
+    record_name = run_dir.resume_record_name(ctx.out_dir, ctx.cfg) if mode == "train" else None
     os.makedirs(ctx.out_dir, exist_ok=True)
     if record_name:
-        text = record_text if record_text is not None else config_lib.dump_config(ctx.cfg)
         with open(os.path.join(ctx.out_dir, record_name), "w") as f:
-            f.write(text)
-        if record_name != "config.yaml":
-            logger.info(f"config differs from the recorded config.yaml: this launch's config "
-                        f"is recorded in {record_name}")
+            f.write(config_lib.dump_config(ctx.cfg))
     fh = logging.FileHandler(os.path.join(ctx.out_dir, f"{mode}.log"))
     fh.setFormatter(logger.handlers[0].formatter)
     for h in buffers:
         for record in h.buffer:
             fh.handle(record)
     logger.addHandler(fh)
+    if record_name and record_name != "config.yaml":
+        logger.info(f"config differs from the recorded config.yaml: this launch's config is "
+                    f"recorded in {record_name}")
     if mode == "train" and g.use_visualdl:
         ctx.scalars = Scalars(os.path.join(g.output_dir, "vdl"))
     return ctx

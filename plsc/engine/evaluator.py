@@ -6,7 +6,6 @@ import paddle
 
 from . import distributed
 from .build import build_evaluation
-from .context import commit_run
 
 
 @paddle.no_grad()
@@ -42,5 +41,4 @@ def run_evaluation(model, parts, precision, world, logger, epoch=None):
 def evaluate(cfg):
     """Evaluate Global.pretrained_model on DataLoader.Eval; returns {metric: value}."""
     ctx, model, parts, precision = build_evaluation(cfg)
-    commit_run(ctx, "eval")  # eval.log only: config.yaml and train.log stay the run's record
     return run_evaluation(model, parts, precision, ctx.world, ctx.logger)

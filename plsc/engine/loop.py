@@ -8,11 +8,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .. import config as config_lib
 from ..errors import TrainingError
 from . import checkpoint, distributed, run_dir
 from .build import build_trainer
-from .context import commit_run
 from .evaluator import run_evaluation
 from .logger import Meter, format_eta, setup_logger
 
@@ -211,11 +209,7 @@ def train(cfg):
     if decision.action == "complete":
         setup_logger(None, is_main=distributed.launched_rank() == 0).info(decision.message)
         return {"complete": True}
-    record_text = config_lib.dump_config(cfg)  # before Global.checkpoint is filled in below
-    record_name = (run_dir.resume_record_name(run_dir.run_dir(cfg), cfg)
-                   if decision.action == "resume" else "config.yaml")
     cfg.Global.checkpoint = decision.checkpoint or cfg.Global.checkpoint
-    t = build_trainer(cfg)
-    commit_run(t.ctx, "train", record_name, record_text)
+    t = build_trainer(cfg)  # records the config and opens train.log once built
     t.logger.info(decision.message)
     return run(t)
