@@ -96,11 +96,13 @@ def test_bad_key_and_missing_data_write_nothing(tmp_path):
     cfg = tiny_config(tmp_path, tmp_path / "data", epochs=1, train_size=16, val_size=5)
     r = run_tool("train", ["-c", cfg, "-o", "Global.no_such_key=1"])
     assert r.returncode != 0 and "no_such_key" in _last_line(r)
-    r = run_tool("train", ["-c", cfg, "-o", "DataLoader.Train.dataset.name=ImageNetDataset",
-                           "DataLoader.Train.dataset.image_root=/nonexistent",
-                           "DataLoader.Train.dataset.cls_label_path=/nonexistent/l.txt"])
-    assert r.returncode != 0
     assert not os.path.exists(tmp_path / "out")
+    # failures while building (after the process group/seed/logger are set up)
+    for override, says in (("Global.pretrained_model=/nonexistent/w", "checkpoint not found"),
+                           ("DataLoader.Train.sampler.batch_size=64", "make 0 batch(es)")):
+        r = run_tool("train", ["-c", cfg, "-o", override])
+        assert r.returncode != 0 and says in _last_line(r), _last_line(r)
+        assert not os.path.exists(tmp_path / "out")
 
 
 def test_overwrite_moves_aside(tmp_path):
