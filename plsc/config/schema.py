@@ -56,6 +56,10 @@ FIXED_SECTIONS = {
         "seed": Field(Optional[int], None),
         "max_nan_steps": Field(PositiveInt, 3),
         "flags": Field(Optional[dict], None),
+        # Output-directory policy (plsc/engine/run_dir.py): continue the run in
+        # output_dir/Model.name from its `latest`, or move an earlier run aside.
+        "auto_resume": Field(bool, False),
+        "overwrite": Field(bool, False),
     },
     "FP16": {
         "level": Field(Literal["O0", "O1", "O2"], "O0"),

@@ -15,7 +15,7 @@ from ..models import build_model as build_registered_model
 from ..optim import build_lr_scheduler, build_optimizer
 from . import amp as amp_lib
 from . import checkpoint, distributed
-from .context import RunContext, setup_run
+from .context import RunContext, commit_run, setup_run
 from .optim_wrapper import OptimWrapper
 
 
@@ -171,6 +171,7 @@ def build_trainer(cfg):
         best = "no evaluation yet" if t.best_top1 is None else f"best top1 {t.best_top1:.4f}"
         ctx.logger.info(f"resumed from {g.checkpoint}: epoch {t.epoch}, step {t.global_step}, "
                         f"{best}")
+    commit_run(t.ctx, "train")  # built: only now the output directory gets files
     return t
 
 
@@ -181,4 +182,5 @@ def build_evaluation(cfg):
     parts = build_eval_parts(cfg, ctx)
     if parts is None:
         raise ConfigError("DataLoader.Eval is required for evaluation")
+    commit_run(ctx, "eval")  # eval.log only: config.yaml and train.log stay the run's record
     return ctx, model, parts, amp_lib.for_eval(cfg.FP16)

@@ -137,6 +137,9 @@ def write_set(directory, prefix, objs, states):
                 os.replace(tmp + ".bak" + ext, bak + ext)
         for ext in exts:
             os.replace(tmp + ext, base + ext)
+            # test-only: die between the renames of the save at this step (tests/test_preemption.py)
+            if os.environ.get("PLSC_TEST_KILL_IN_SAVE") == f"{prefix}:{states.get('global_step')}":
+                os.kill(os.getpid(), 9)
         _fsync_dir(directory)
         remove(bak)
     finally:

@@ -25,6 +25,10 @@ def launched_world_size():
     return int(os.environ.get("PADDLE_TRAINERS_NUM", "1"))
 
 
+def launched_rank():
+    return int(os.environ.get("PADDLE_TRAINER_ID", "0"))
+
+
 def init():
     """Join the process group when launched with more than one worker."""
     if launched_world_size() > 1:

@@ -9,10 +9,10 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..errors import TrainingError
-from . import checkpoint
+from . import checkpoint, distributed, run_dir
 from .build import build_trainer
 from .evaluator import run_evaluation
-from .logger import Meter, format_eta
+from .logger import Meter, format_eta, setup_logger
 
 
 @dataclass
@@ -203,5 +203,13 @@ def run(t):
 
 
 def train(cfg):
-    """Build a Trainer from the validated config, train it, return the summary."""
-    return run(build_trainer(cfg))
+    """Decide fresh/resume/complete for the output directory (run_dir.py), build a Trainer,
+    record the config once building succeeded, train it, return the summary."""
+    decision = run_dir.decide(cfg)
+    if decision.action == "complete":
+        setup_logger(None, is_main=distributed.launched_rank() == 0).info(decision.message)
+        return {"complete": True}
+    cfg.Global.checkpoint = decision.checkpoint or cfg.Global.checkpoint
+    t = build_trainer(cfg)  # records the config and opens train.log once built
+    t.logger.info(decision.message)
+    return run(t)
