@@ -103,10 +103,28 @@ def _fail(line, code, rank, launched):
     print(f"rank {rank}: {line}" if launched else line, file=sys.stderr)
     if not launched:
         sys.exit(code)
+    if rank != 0:  # rank 0's output reaches the console already; the others' only their logs
+        _tell_launcher(f"rank {rank}: {line}")
     for stream in (sys.stdout, sys.stderr):
         stream.flush()
     logging.shutdown()  # flush train.log
     os._exit(code)
+
+
+def _tell_launcher(line):
+    """Write `line` to the launcher's own stderr (Linux: /proc/<parent>/fd/2), so the failing
+    rank's reason is on the console before the peers' abort reports: the launcher otherwise
+    shows the log tail of whichever rank it finds dead first, often a peer killed by the
+    broken connection. Best effort: elsewhere the line is still in log/workerlog.N."""
+    parent = os.getppid()
+    try:
+        with open(f"/proc/{parent}/cmdline", "rb") as f:
+            if b"paddle.distributed.launch" not in f.read():
+                return
+        with open(f"/proc/{parent}/fd/2", "a") as f:
+            f.write(line + "\n")
+    except OSError:
+        pass
 
 
 def use_all_cores():
