@@ -4,6 +4,8 @@ import math
 import os
 import re
 
+import pytest
+
 from tiny import run_tool, tiny_config
 
 from plsc.config import get_config
@@ -30,8 +32,12 @@ def test_short_run_evaluates_its_final_weights_and_writes_best_model(tmp_path):
     assert summary["final_top1"] is not None
 
 
-def test_evaluated_last_epoch_is_not_evaluated_twice(tmp_path):
-    path = tiny_config(tmp_path, tmp_path / "shapes", epochs=2)
+@pytest.mark.parametrize("unit", ["epoch", "step"])
+def test_evaluated_last_epoch_is_not_evaluated_twice(tmp_path, unit):
+    # 8 steps per epoch: step-unit evaluation every 8 steps also evaluates the last weights
+    interval = 1 if unit == "epoch" else 8
+    path = tiny_config(tmp_path, tmp_path / "shapes", epochs=2,
+                       **{"Global.eval_unit": unit, "Global.eval_interval": interval})
     out = tmp_path / "out/VisionTransformer"
     run(build_trainer(get_config(path)))
     assert len([x for x in _log(out) if "[Eval][Epoch" in x and "[Avg]" in x]) == 2
