@@ -197,8 +197,10 @@ def run(t):
             s.epoch, s.micro_in_epoch = s.epoch + 1, 0
         if not (complete or stopped):
             continue
-        final = stopped or s.epoch >= g.epochs
-        # the last weights are always evaluated (once), so the summary can name their top1
+        # the weights training ends with (Global.epochs reached) are always evaluated, once, so
+        # the summary can name their top1. A Global.max_train_step stop is not evaluated
+        # specially: it may be resumed, and the resumed run must equal an uninterrupted one.
+        final = complete and s.epoch >= g.epochs
         if (complete and _eval_due(t, "epoch", s.epoch)) or (final and _final_eval_missing(t)):
             epoch = s.epoch if complete else s.epoch + 1
             _after_eval(t, run_evaluation(t.model, t.eval, t.optim.precision, t.ctx.world,
