@@ -6,6 +6,7 @@ prints one line `error: <message>` and exits with the error's exit code (2, or 3
 TrainingError); `--debug` shows the full traceback instead. argparse errors exit 2.
 """
 import argparse
+import logging
 import os
 import sys
 
@@ -72,21 +73,58 @@ def run(main, argv=None):
     # reach the root handler `import paddle` installs, in Paddle's format.
     setup_logger(is_main=int(os.environ.get("PADDLE_TRAINER_ID", "0") or 0) == 0,
                  stream=sys.stderr)
+    rank = int(os.environ.get("PADDLE_TRAINER_ID", "0") or 0)
+    launched = int(os.environ.get("PADDLE_TRAINERS_NUM", "1") or 1) > 1
     try:
         code = main()
     except PlscError as e:
         if debug:
             raise
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(e.exit_code)
+        _fail(f"error: {e}", e.exit_code, rank, launched)
     except KeyboardInterrupt:
         if debug:
             raise
-        print("interrupted", file=sys.stderr)
-        sys.exit(130)
+        _fail("interrupted", 130, rank, launched)
+    except Exception as e:  # noqa: BLE001 - a launched rank must not hang its peers
+        if debug or not launched:
+            raise
+        _fail(f"error: {type(e).__name__}: {e} (run with --debug for the traceback)", 1,
+              rank, launched)
     if isinstance(code, int) and not isinstance(code, bool) and code:
         sys.exit(code)
     return code
+
+
+def _fail(line, code, rank, launched):
+    """Print the one error line and exit with `code`. A launched rank exits at once (os._exit):
+    a normal exit would wait for collectives its peers never join, and Paddle's launcher tears
+    the other ranks down as soon as one exits non-zero. The line names the rank, since the
+    launcher shows it amid every rank's output."""
+    print(f"rank {rank}: {line}" if launched else line, file=sys.stderr)
+    if not launched:
+        sys.exit(code)
+    if rank != 0:  # rank 0's output reaches the console already; the others' only their logs
+        _tell_launcher(f"rank {rank}: {line}")
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    logging.shutdown()  # flush train.log
+    os._exit(code)
+
+
+def _tell_launcher(line):
+    """Write `line` to the launcher's own stderr (Linux: /proc/<parent>/fd/2), so the failing
+    rank's reason is on the console before the peers' abort reports: the launcher otherwise
+    shows the log tail of whichever rank it finds dead first, often a peer killed by the
+    broken connection. Best effort: elsewhere the line is still in log/workerlog.N."""
+    parent = os.getppid()
+    try:
+        with open(f"/proc/{parent}/cmdline", "rb") as f:
+            if b"paddle.distributed.launch" not in f.read():
+                return
+        with open(f"/proc/{parent}/fd/2", "a") as f:
+            f.write(line + "\n")
+    except OSError:
+        pass
 
 
 def use_all_cores():

@@ -35,6 +35,7 @@ class TrainState:
     best_top1: Optional[float] = None  # None until an evaluation reports top1
     best_epoch: Optional[int] = None
     last_top1: Optional[float] = None  # of the last evaluation in this process
+    last_eval_step: Optional[int] = None  # global_step of that evaluation
     nan_steps: int = 0  # consecutive non-finite steps
 
 

@@ -22,7 +22,8 @@ import zlib
 
 import paddle
 
-from ..errors import ConfigError
+from ..errors import ConfigError, TrainingError
+from ..optim.lr import schedule_change, schedule_record
 from ..weights import assign, load_pickle, save_pickle
 from . import distributed, rng
 
@@ -122,30 +123,38 @@ def write_set(directory, prefix, objs, states):
     for stale in glob.glob(glob.escape(base) + ".tmp-*"):
         os.remove(stale)
     tmp = f"{base}.tmp-{os.getpid()}"
-    bak = _backup_prefix(base)
     try:
-        for ext, obj in objs.items():
-            _dump(obj, tmp + ext)
-            _fsync_file(tmp + ext)
-        states = dict(states, files={ext: _crc(tmp + ext) for ext in objs})
-        _write_states(states, tmp + ".pdstates")
-        _fsync_file(tmp + ".pdstates")
-        exts = list(objs) + [".pdstates"]
-        if all(os.path.exists(base + e) for e in exts):
-            for ext in exts:  # the old set stays reachable until the new one is complete
-                os.link(base + ext, tmp + ".bak" + ext)
-                os.replace(tmp + ".bak" + ext, bak + ext)
-        for ext in exts:
-            os.replace(tmp + ext, base + ext)
-            # test-only: die between the renames of the save at this step (tests/test_preemption.py)
-            if os.environ.get("PLSC_TEST_KILL_IN_SAVE") == f"{prefix}:{states.get('global_step')}":
-                os.kill(os.getpid(), 9)
-        _fsync_dir(directory)
-        remove(bak)
+        _write_set(directory, base, tmp, objs, states)
+    except OSError as e:  # disk full, no permission: the old set stays as it was (see above)
+        raise TrainingError(f"cannot save checkpoint to {base}: "
+                            f"{e.strerror or e}") from e
     finally:
         for path in glob.glob(glob.escape(tmp) + "*"):
             os.remove(path)
     return base
+
+
+def _write_set(directory, base, tmp, objs, states):
+    bak = _backup_prefix(base)
+    for ext, obj in objs.items():
+        _dump(obj, tmp + ext)
+        _fsync_file(tmp + ext)
+    states = dict(states, files={ext: _crc(tmp + ext) for ext in objs})
+    _write_states(states, tmp + ".pdstates")
+    _fsync_file(tmp + ".pdstates")
+    exts = list(objs) + [".pdstates"]
+    if all(os.path.exists(base + e) for e in exts):
+        for ext in exts:  # the old set stays reachable until the new one is complete
+            os.link(base + ext, tmp + ".bak" + ext)
+            os.replace(tmp + ".bak" + ext, bak + ext)
+    for ext in exts:
+        os.replace(tmp + ext, base + ext)
+        # test-only: die between the renames of the save at this step (tests/test_preemption.py)
+        kill_at = f"{os.path.basename(base)}:{states.get('global_step')}"
+        if os.environ.get("PLSC_TEST_KILL_IN_SAVE") == kill_at:
+            os.kill(os.getpid(), 9)
+    _fsync_dir(directory)
+    remove(bak)
 
 
 def strip_prefix(path):
@@ -212,6 +221,7 @@ def capture(t):
               "global_step": s.global_step, "best_top1": s.best_top1, "best_epoch": s.best_epoch,
               "seed": t.ctx.seed, "world_size": t.ctx.world.size,
               "accum_steps": t.optim.accum_steps,
+              "lr_schedule": schedule_record(t.lr_scheduler),
               "rng": distributed.gather_objects(rng.get_state(), t.ctx.world)}
     objs = {".pdparams": fp32_state_dict(t.model),
             ".pdopt": {"optimizer": optimizer_state(t.optim.optimizer, t.model),
@@ -227,6 +237,10 @@ def restore(t, loaded, source):
     load_optimizer_state(t.optim.optimizer, t.model, opt["optimizer"])
     if opt.get("lr_scheduler"):
         t.lr_scheduler.set_state_dict(opt["lr_scheduler"])
+        note = schedule_change(st.get("lr_schedule"), opt["lr_scheduler"].get("last_lr"),
+                               t.lr_scheduler)
+        if note:
+            t.ctx.logger.warning(note)
     t.optim.load_scaler_state(opt.get("scaler"))
     s = t.state
     s.epoch, s.micro_in_epoch, s.global_step = st["epoch"], st["micro_in_epoch"], st["global_step"]

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..errors import TrainingError
+from ..optim.lr import warmup_warning
 from . import checkpoint, distributed, run_dir
 from .build import build_trainer
 from .evaluator import run_evaluation
@@ -128,7 +129,7 @@ def _eval_due(t, unit, count):
 def _after_eval(t, result, epoch):
     s = t.state
     top1 = result.get("top1")
-    s.last_top1 = top1
+    s.last_top1, s.last_eval_step = top1, s.global_step
     for k, v in result.items():
         t.ctx.scalars.add(f"eval/{k}", v, s.global_step)
     if top1 is None:
@@ -141,6 +142,7 @@ def _after_eval(t, result, epoch):
 
 def _log_step(t, lr, window, step_in_epoch):
     g, s, world = t.cfg.Global, t.state, t.ctx.world
+    _injected_fault(s.global_step, world.rank)
     cost = window.batch_cost.avg
     # images that exist (a partial last batch counts as what it holds), over all ranks
     ips = window.images * world.size / max(window.batch_cost.total, 1e-9)
@@ -156,6 +158,14 @@ def _log_step(t, lr, window, step_in_epoch):
                **{f"train/{k}": v for k, v in avg.items()}}
     for tag, value in scalars.items():
         t.ctx.scalars.add(tag, value, s.global_step)
+
+
+def _injected_fault(step, rank):
+    """Test-only seam: PLSC_TEST_FAIL_AT="rank:step" raises inside that rank's training step, so
+    tests can check that one failing rank brings the whole job down (tests/test_failures.py)."""
+    spec = os.environ.get("PLSC_TEST_FAIL_AT")
+    if spec and spec == f"{rank}:{step}":
+        raise RuntimeError(f"injected failure at step {step} (PLSC_TEST_FAIL_AT)")
 
 
 def _save_epoch(t):
@@ -176,30 +186,57 @@ def run(t):
     log.info(f"training {g.epochs} epochs x {t.steps_per_epoch} steps, global batch "
              f"{bs * world * accum} ({bs} x {world} device(s) x {accum} accum), "
              f"{t.total_steps} steps in all")
+    if warmup_warning(t.lr_scheduler):
+        log.warning(warmup_warning(t.lr_scheduler))
     progress, t_start = Progress(), time.time()
     stopped = False
     while s.epoch < g.epochs and not stopped:
         stopped = run_epoch(t, progress)
-        if s.micro_in_epoch >= t.steps_per_epoch * accum:  # epoch complete
+        complete = s.micro_in_epoch >= t.steps_per_epoch * accum
+        if complete:
             s.epoch, s.micro_in_epoch = s.epoch + 1, 0
-            if _eval_due(t, "epoch", s.epoch):
-                _after_eval(t, run_evaluation(t.model, t.eval, t.optim.precision, t.ctx.world,
-                                              log, s.epoch), s.epoch)
+        if not (complete or stopped):
+            continue
+        # the weights training ends with (Global.epochs reached) are always evaluated, once, so
+        # the summary can name their top1. A Global.max_train_step stop is not evaluated
+        # specially: it may be resumed, and the resumed run must equal an uninterrupted one.
+        final = complete and s.epoch >= g.epochs
+        if (complete and _eval_due(t, "epoch", s.epoch)) or (final and _final_eval_missing(t)):
+            epoch = s.epoch if complete else s.epoch + 1
+            _after_eval(t, run_evaluation(t.model, t.eval, t.optim.precision, t.ctx.world,
+                                          log, epoch), epoch)
+        if complete:
             _save_epoch(t)
-        elif stopped:
+        else:
             checkpoint.save(t, "latest")
-    elapsed = time.time() - t_start
+    return _finish(t, progress, time.time() - t_start)
+
+
+def _final_eval_missing(t):
+    """True when the final weights have not been evaluated (and evaluation is on)."""
+    return (t.eval is not None and t.cfg.Global.eval_during_train
+            and t.state.last_eval_step != t.state.global_step)
+
+
+def _finish(t, progress, elapsed):
+    """Log the final summary line; returns the summary dict."""
+    s, world = t.state, t.ctx.world.size
     ips = progress.images * world / max(elapsed, 1e-9)
     best = "no evaluation"
     if s.best_top1 is not None:
-        best = (f"final top1 {s.last_top1:.5f}, " if s.last_top1 is not None else "") + \
-            f"best top1 {s.best_top1:.5f} (epoch {s.best_epoch})"
-    log.info(f"[Train] finished: {s.global_step} steps, {s.epoch} epoch(s) in "
-             f"{format_eta(elapsed)} ({ips:.1f} images/sec); {best}; checkpoints in "
-             f"{t.ctx.out_dir}")
+        final = ""
+        if s.last_top1 is not None and s.last_eval_step == s.global_step:
+            done = s.epoch if s.micro_in_epoch == 0 else s.epoch + 1
+            final = f"final weights (epoch {done}): top1 {s.last_top1:.5f}; "
+        best = (f"{final}best (epoch {s.best_epoch}): top1 {s.best_top1:.5f} -> "
+                f"{os.path.join(t.ctx.out_dir, 'best_model')}")
+    t.logger.info(f"[Train] finished: {s.global_step} steps, {s.epoch} epoch(s) in "
+                  f"{format_eta(elapsed)} ({ips:.1f} images/sec); {best}; checkpoints in "
+                  f"{t.ctx.out_dir}")
     t.ctx.scalars.close()
     return {"best_top1": s.best_top1, "best_epoch": s.best_epoch, "global_step": s.global_step,
-            "epoch": s.epoch, "images": progress.images * world, "ips": ips}
+            "epoch": s.epoch, "images": progress.images * world, "ips": ips,
+            "final_top1": s.last_top1 if s.last_eval_step == s.global_step else None}
 
 
 def train(cfg):

@@ -191,3 +191,34 @@ def build_lr_scheduler(lr_cfg: dict, epochs: int, steps_per_epoch: int):
     return LR_SCHEDULERS.build(lr_cfg, section="LRScheduler",
                                total_steps=epochs * steps_per_epoch,
                                steps_per_epoch=steps_per_epoch)
+
+
+# --- what resuming or a config does to the schedule, said in one line (never silently) ---
+def schedule_record(sched):
+    """The schedule's shape, recorded in a checkpoint's states so a resume can tell what changed."""
+    return {"total_steps": int(sched.total_steps),
+            "warmup_steps": int(getattr(sched, "warmup_steps", 0) or 0)}
+
+
+def schedule_change(saved, saved_lr, sched):
+    """One line on how resuming with `sched` changes the schedule recorded as `saved`, or None
+    when nothing changed or the checkpoint predates the record (nothing to compare with)."""
+    if not saved:
+        return None
+    now = schedule_record(sched)
+    changes = [f"{k.replace('_', ' ')} {saved[k]} -> {now[k]}"
+               for k in now if k in saved and saved[k] != now[k]]
+    if not changes:
+        return None
+    was = f"{saved_lr:.3g}" if saved_lr is not None else "unknown"
+    return (f"LR schedule changed on resume: {', '.join(changes)}; lr at step "
+            f"{sched.last_epoch} was {was}, now {sched.last_lr:.3g}")
+
+
+def warmup_warning(sched):
+    """One line when the warmup covers the whole run (the lr never reaches its base), else None."""
+    w = int(getattr(sched, "warmup_steps", 0) or 0)
+    if w == 0 or w < sched.total_steps:
+        return None
+    return (f"LRScheduler.warmup_steps ({w}) >= the run's {sched.total_steps} steps: the whole "
+            f"run is warmup, the lr never reaches LRScheduler.learning_rate ({sched.base_lr:g})")
