@@ -493,7 +493,7 @@ def test_cifar100_fine_labels(tmp_path):
 
 # ----------------------------------------------------------------------------- SyntheticShapes
 
-SMALL = dict(num_classes=4, num_train=20, num_val=9, image_size=16, seed=3)
+SMALL = dict(class_num=4, num_train=20, num_val=9, image_size=16, seed=3)
 
 
 def read_tree(root):
@@ -530,8 +530,8 @@ def test_synthetic_shapes_deterministic_balanced_and_listed(tmp_path):
                                           r"got str 'test'$"):
         DATASETS.build({"name": "SyntheticShapes", "root": str(tmp_path / "a"), "split": "test",
                         **SMALL})
-    with pytest.raises(ConfigError, match=r"^SyntheticShapes.num_classes: expected an int in \[2, 10\], got 11$"):
-        synthetic.ensure_generated(str(tmp_path / "d"), num_classes=11)
+    with pytest.raises(ConfigError, match=r"^SyntheticShapes.class_num: expected an int in \[2, 10\], got 11$"):
+        synthetic.ensure_generated(str(tmp_path / "d"), class_num=11)
 
 
 def _generate(root):
@@ -555,7 +555,7 @@ def test_synthetic_generation_is_safe_when_two_processes_race(tmp_path):
 
 
 def test_synthetic_cli_pregenerates(tmp_path):
-    cmd = [sys.executable, "-m", "plsc.data.synthetic", str(tmp_path / "s"), "--num-classes", "3",
+    cmd = [sys.executable, "-m", "plsc.data.synthetic", str(tmp_path / "s"), "--class-num", "3",
            "--num-train", "6", "--num-val", "3", "--image-size", "8"]
     r = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=60)
     assert r.returncode == 0, r.stderr

@@ -29,7 +29,7 @@ def _train_config(model, batch_size, img_size, out_dir):
                       "grad_clip": {"name": "ClipGradByGlobalNorm", "clip_norm": 1.0}},
         "DataLoader": {"Train": {
             "dataset": {"name": "SyntheticShapes", "root": os.path.join(out_dir, "shapes"),
-                        "num_classes": 4, "num_train": batch_size, "num_val": 4,
+                        "class_num": 4, "num_train": batch_size, "num_val": 4,
                         "image_size": 32, "transform_ops": [{"DecodeImage": None}]},
             "sampler": {"name": "DistributedBatchSampler", "batch_size": batch_size,
                         "drop_last": True}}},
