@@ -37,10 +37,10 @@ def batches(sampler):
     return [list(b) for b in sampler]
 
 
-def sampler(n, batch_size, rank=0, world_size=1, mode="train", shuffle=True, drop_last=False,
+def sampler(n, batch_size, rank=0, world_size=1, split="train", shuffle=True, drop_last=False,
             seed=5):
     return DistributedBatchSampler(Sized(n), batch_size, shuffle, drop_last, rank=rank,
-                                   world_size=world_size, seed=seed, mode=mode)
+                                   world_size=world_size, seed=seed, split=split)
 
 
 # ----------------------------------------------------------------------------- sampler
@@ -77,7 +77,7 @@ def test_train_pads_by_repeating_the_head_like_paddle():
 def test_eval_shards_cover_each_index_exactly_once(n, world, bs):
     seen = []
     for r in range(world):
-        s = sampler(n, bs, rank=r, world_size=world, mode="eval", shuffle=True, drop_last=True)
+        s = sampler(n, bs, rank=r, world_size=world, split="eval", shuffle=True, drop_last=True)
         got = batches(s)
         assert len(got) == len(s)
         assert all(0 < len(b) <= bs for b in got)
@@ -110,17 +110,17 @@ def test_epoch_and_seed_change_the_order_and_are_reproducible():
 
 
 def test_sample_seed_depends_only_on_seed_epoch_index():
-    def seeds(world_size=1, bs=4, mode="train"):
+    def seeds(world_size=1, bs=4, split="train"):
         out = {}
         for r in range(world_size):
-            s = sampler(24, bs, rank=r, world_size=world_size, mode=mode)
+            s = sampler(24, bs, rank=r, world_size=world_size, split=split)
             s.set_epoch(1)
             for b in s:
                 out.update(b)
         return out
 
     a = seeds()
-    assert a == seeds(world_size=2, bs=3) == seeds(world_size=3, bs=8, mode="eval")
+    assert a == seeds(world_size=2, bs=3) == seeds(world_size=3, bs=8, split="eval")
     s = sampler(24, 4)
     s.set_epoch(1)
     s.set_start_iter(2)

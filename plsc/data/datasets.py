@@ -274,7 +274,9 @@ class _CIFAR(BaseDataset):
     META = ("", b"")
     TITLE = ""
 
-    def __init__(self, data_file, mode="train", transform_ops=None):
+    # `mode` is PLSC's key name for the split.
+    def __init__(self, data_file: str, mode: Literal["train", "test"] = "train",
+                 transform_ops: Optional[list] = None):
         super().__init__(transform_ops)
         if not os.path.exists(data_file):
             raise DataError(f"{self.TITLE} file '{data_file}' does not exist (plsc never downloads: "
@@ -357,10 +359,6 @@ class CIFAR10(_CIFAR):
     TITLE = "CIFAR-10"
     class_num = 10
 
-    def __init__(self, data_file: str, mode: Literal["train", "test"] = "train",
-                 transform_ops: Optional[list] = None):
-        super().__init__(data_file, mode, transform_ops)
-
 
 @DATASETS.register()
 class CIFAR100(_CIFAR):
@@ -369,10 +367,6 @@ class CIFAR100(_CIFAR):
     META = ("meta", b"fine_label_names")
     TITLE = "CIFAR-100"
     class_num = 100
-
-    def __init__(self, data_file: str, mode: Literal["train", "test"] = "train",
-                 transform_ops: Optional[list] = None):
-        super().__init__(data_file, mode, transform_ops)
 
 
 @DATASETS.register()
