@@ -37,10 +37,10 @@ def batches(sampler):
     return [list(b) for b in sampler]
 
 
-def sampler(n, batch_size, rank=0, world_size=1, mode="train", shuffle=True, drop_last=False,
+def sampler(n, batch_size, rank=0, world_size=1, split="train", shuffle=True, drop_last=False,
             seed=5):
     return DistributedBatchSampler(Sized(n), batch_size, shuffle, drop_last, rank=rank,
-                                   world_size=world_size, seed=seed, mode=mode)
+                                   world_size=world_size, seed=seed, split=split)
 
 
 # ----------------------------------------------------------------------------- sampler
@@ -77,7 +77,7 @@ def test_train_pads_by_repeating_the_head_like_paddle():
 def test_eval_shards_cover_each_index_exactly_once(n, world, bs):
     seen = []
     for r in range(world):
-        s = sampler(n, bs, rank=r, world_size=world, mode="eval", shuffle=True, drop_last=True)
+        s = sampler(n, bs, rank=r, world_size=world, split="eval", shuffle=True, drop_last=True)
         got = batches(s)
         assert len(got) == len(s)
         assert all(0 < len(b) <= bs for b in got)
@@ -110,17 +110,17 @@ def test_epoch_and_seed_change_the_order_and_are_reproducible():
 
 
 def test_sample_seed_depends_only_on_seed_epoch_index():
-    def seeds(world_size=1, bs=4, mode="train"):
+    def seeds(world_size=1, bs=4, split="train"):
         out = {}
         for r in range(world_size):
-            s = sampler(24, bs, rank=r, world_size=world_size, mode=mode)
+            s = sampler(24, bs, rank=r, world_size=world_size, split=split)
             s.set_epoch(1)
             for b in s:
                 out.update(b)
         return out
 
     a = seeds()
-    assert a == seeds(world_size=2, bs=3) == seeds(world_size=3, bs=8, mode="eval")
+    assert a == seeds(world_size=2, bs=3) == seeds(world_size=3, bs=8, split="eval")
     s = sampler(24, 4)
     s.set_epoch(1)
     s.set_start_iter(2)
@@ -493,7 +493,7 @@ def test_cifar100_fine_labels(tmp_path):
 
 # ----------------------------------------------------------------------------- SyntheticShapes
 
-SMALL = dict(num_classes=4, num_train=20, num_val=9, image_size=16, seed=3)
+SMALL = dict(class_num=4, num_train=20, num_val=9, image_size=16, seed=3)
 
 
 def read_tree(root):
@@ -530,8 +530,8 @@ def test_synthetic_shapes_deterministic_balanced_and_listed(tmp_path):
                                           r"got str 'test'$"):
         DATASETS.build({"name": "SyntheticShapes", "root": str(tmp_path / "a"), "split": "test",
                         **SMALL})
-    with pytest.raises(ConfigError, match=r"^SyntheticShapes.num_classes: expected an int in \[2, 10\], got 11$"):
-        synthetic.ensure_generated(str(tmp_path / "d"), num_classes=11)
+    with pytest.raises(ConfigError, match=r"^SyntheticShapes.class_num: expected an int in \[2, 10\], got 11$"):
+        synthetic.ensure_generated(str(tmp_path / "d"), class_num=11)
 
 
 def _generate(root):
@@ -555,7 +555,7 @@ def test_synthetic_generation_is_safe_when_two_processes_race(tmp_path):
 
 
 def test_synthetic_cli_pregenerates(tmp_path):
-    cmd = [sys.executable, "-m", "plsc.data.synthetic", str(tmp_path / "s"), "--num-classes", "3",
+    cmd = [sys.executable, "-m", "plsc.data.synthetic", str(tmp_path / "s"), "--class-num", "3",
            "--num-train", "6", "--num-val", "3", "--image-size", "8"]
     r = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=60)
     assert r.returncode == 0, r.stderr

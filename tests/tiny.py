@@ -20,7 +20,7 @@ def tiny_config(tmp_path, data_root, train_size=32, val_size=13, batch_size=4, e
 
     def dataset(split):
         return {"name": "SyntheticShapes", "root": str(data_root), "split": split,
-                "num_classes": 4, "num_train": train_size, "num_val": val_size,
+                "class_num": 4, "num_train": train_size, "num_val": val_size,
                 "image_size": 16, "seed": 0,
                 "transform_ops": transform if split == "train" else transform[:1] + transform[2:]}
 

@@ -29,7 +29,7 @@ def _train_config(model, batch_size, img_size, out_dir):
                       "grad_clip": {"name": "ClipGradByGlobalNorm", "clip_norm": 1.0}},
         "DataLoader": {"Train": {
             "dataset": {"name": "SyntheticShapes", "root": os.path.join(out_dir, "shapes"),
-                        "num_classes": 4, "num_train": batch_size, "num_val": 4,
+                        "class_num": 4, "num_train": batch_size, "num_val": 4,
                         "image_size": 32, "transform_ops": [{"DecodeImage": None}]},
             "sampler": {"name": "DistributedBatchSampler", "batch_size": batch_size,
                         "drop_last": True}}},
@@ -62,8 +62,8 @@ def bench_train(args):
         # A bare Paddle step: same model, loss, optimizer, clipping and LR schedule.
         model = trainer.model
         loss_fn = build_loss(cfg.Loss.Train)
-        lr = build_lr_scheduler(dict(cfg.LRScheduler), 1, 10**6)
-        opt, clip = build_optimizer(dict(cfg.Optimizer), lr, model)
+        lr_scheduler = build_lr_scheduler(dict(cfg.LRScheduler), 1, 10**6)
+        opt, clip = build_optimizer(dict(cfg.Optimizer), lr_scheduler, model)
         params = [p for p in model.parameters() if not p.stop_gradient]
 
         def bare_step():
@@ -71,7 +71,7 @@ def bench_train(args):
             clip(params)
             opt.step()
             opt.clear_grad()
-            lr.step()
+            lr_scheduler.step()
 
         # The engine's own train step, fed from memory so that only the step itself is compared.
         ips = _timed({"bare": bare_step, "engine": lambda: run_iter(trainer, images, labels)},

@@ -40,52 +40,10 @@ def load_pretrained(model, path, finetune=False, pos_embed_interp="bilinear", lo
               "loaded": []}
 
     if finetune:
-        head0_changed = False
-        for layer in model.head_names():  # pre-logits first: dropping it drops the head
-            ck, mk = _layer_keys(state, layer), _layer_keys(model_shapes, layer)
-            differs = sorted(ck) != sorted(mk) or any(
-                _shape(state[k]) != model_shapes[k] for k in ck)
-            follows = layer == "head" and head0_changed
-            if not (differs or follows):
-                continue
-            if layer == "head0":
-                head0_changed = True
-            if ck:
-                why = ("the model has no such layer" if not mk else
-                       "shape differs from the model" if differs else
-                       "its input layer head0 changed")
-                detail = ", ".join(f"{k} {_shape(state[k])}" for k in ck)
-                log(f"pretrained: dropped {detail} ({why}; fine-tuning keeps the model's init)")
-                report["dropped"] += ck
-                for k in ck:
-                    del state[k]
-            if mk:
-                report["kept_init"] += mk
-                if not ck:
-                    log(f"pretrained: {', '.join(mk)} not in the checkpoint: kept the model's init")
+        _drop_changed_heads(model, state, model_shapes, report, log)
         for k in report["kept_init"]:
             state[k] = None  # placeholder: filled from the model below
-        # A token checkpoint for a gap model (or vice versa) is not resized: the cls_token
-        # key mismatch is reported below.
-        prefix = model.spec.num_prefix_tokens
-        if "pos_embed" in state and "pos_embed" in model_shapes \
-                and _shape(state["pos_embed"]) != model_shapes["pos_embed"] \
-                and ("cls_token" in state) == bool(prefix):
-            old = _shape(state["pos_embed"])
-            grid = tuple(model.patch_embed.grid_size)
-            try:
-                state["pos_embed"] = resize_pos_embed(state["pos_embed"], grid, prefix,
-                                                      pos_embed_interp)
-            except ConfigError as e:
-                raise ConfigError(f"{where}: {e}") from None
-            new = _shape(state["pos_embed"])
-            if new != model_shapes["pos_embed"]:
-                raise ConfigError(f"{where}: pos_embed {old} resized to {new} but the model "
-                                  f"has {model_shapes['pos_embed']}")
-            g_old = int(round((old[1] - prefix) ** 0.5))
-            log(f"pretrained: resized pos_embed {old} -> {new} (grid {g_old}x{g_old} -> "
-                f"{grid[0]}x{grid[1]}, {pos_embed_interp})")
-            report["resized"]["pos_embed"] = (old, new)
+        _resize_pos_embed(model, state, model_shapes, report, where, pos_embed_interp, log)
     else:
         bad = [k for k in state if k in model_shapes and _shape(state[k]) != model_shapes[k]]
         if bad and all(k == "pos_embed" or k.split(".")[0] in model.head_names() for k in bad):
@@ -104,3 +62,55 @@ def load_pretrained(model, path, finetune=False, pos_embed_interp="bilinear", lo
         log(f"pretrained: cast {n} arrays from {src} to {dst}")
     log(f"pretrained: loaded {len(report['loaded'])} arrays from {path}")
     return report
+
+
+def _drop_changed_heads(model, state, model_shapes, report, log):
+    """Fine-tuning: drop checkpoint head layers whose shape differs (see load_pretrained)."""
+    head0_changed = False
+    for layer in model.head_names():  # pre-logits first: dropping it drops the head
+        ck, mk = _layer_keys(state, layer), _layer_keys(model_shapes, layer)
+        differs = sorted(ck) != sorted(mk) or any(
+            _shape(state[k]) != model_shapes[k] for k in ck)
+        follows = layer == "head" and head0_changed
+        if not (differs or follows):
+            continue
+        if layer == "head0":
+            head0_changed = True
+        if ck:
+            why = ("the model has no such layer" if not mk else
+                   "shape differs from the model" if differs else
+                   "its input layer head0 changed")
+            detail = ", ".join(f"{k} {_shape(state[k])}" for k in ck)
+            log(f"pretrained: dropped {detail} ({why}; fine-tuning keeps the model's init)")
+            report["dropped"] += ck
+            for k in ck:
+                del state[k]
+        if mk:
+            report["kept_init"] += mk
+            if not ck:
+                log(f"pretrained: {', '.join(mk)} not in the checkpoint: kept the model's init")
+
+
+def _resize_pos_embed(model, state, model_shapes, report, where, pos_embed_interp, log):
+    """Fine-tuning: resize the checkpoint's pos_embed to the model's grid."""
+    # A token checkpoint for a gap model (or vice versa) is not resized: the cls_token
+    # key mismatch is reported by assign.
+    prefix = model.spec.num_prefix_tokens
+    if "pos_embed" in state and "pos_embed" in model_shapes \
+            and _shape(state["pos_embed"]) != model_shapes["pos_embed"] \
+            and ("cls_token" in state) == bool(prefix):
+        old = _shape(state["pos_embed"])
+        grid = tuple(model.patch_embed.grid_size)
+        try:
+            state["pos_embed"] = resize_pos_embed(state["pos_embed"], grid, prefix,
+                                                  pos_embed_interp)
+        except ConfigError as e:
+            raise ConfigError(f"{where}: {e}") from None
+        new = _shape(state["pos_embed"])
+        if new != model_shapes["pos_embed"]:
+            raise ConfigError(f"{where}: pos_embed {old} resized to {new} but the model "
+                              f"has {model_shapes['pos_embed']}")
+        g_old = int(round((old[1] - prefix) ** 0.5))
+        log(f"pretrained: resized pos_embed {old} -> {new} (grid {g_old}x{g_old} -> "
+            f"{grid[0]}x{grid[1]}, {pos_embed_interp})")
+        report["resized"]["pos_embed"] = (old, new)

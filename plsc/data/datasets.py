@@ -274,7 +274,9 @@ class _CIFAR(BaseDataset):
     META = ("", b"")
     TITLE = ""
 
-    def __init__(self, data_file, mode="train", transform_ops=None):
+    # `mode` is PLSC's key name for the split.
+    def __init__(self, data_file: str, mode: Literal["train", "test"] = "train",
+                 transform_ops: Optional[list] = None):
         super().__init__(transform_ops)
         if not os.path.exists(data_file):
             raise DataError(f"{self.TITLE} file '{data_file}' does not exist (plsc never downloads: "
@@ -357,10 +359,6 @@ class CIFAR10(_CIFAR):
     TITLE = "CIFAR-10"
     class_num = 10
 
-    def __init__(self, data_file: str, mode: Literal["train", "test"] = "train",
-                 transform_ops: Optional[list] = None):
-        super().__init__(data_file, mode, transform_ops)
-
 
 @DATASETS.register()
 class CIFAR100(_CIFAR):
@@ -370,24 +368,20 @@ class CIFAR100(_CIFAR):
     TITLE = "CIFAR-100"
     class_num = 100
 
-    def __init__(self, data_file: str, mode: Literal["train", "test"] = "train",
-                 transform_ops: Optional[list] = None):
-        super().__init__(data_file, mode, transform_ops)
-
 
 @DATASETS.register()
 class SyntheticShapes(ImageNetDataset):
     """A generated shapes dataset (plsc/data/synthetic.py): written to `root` on first use as
     JPEGs + list files, then read exactly like ImageNetDataset."""
 
-    def __init__(self, root: str, split: Literal["train", "val"] = "train", num_classes: int = 6,
+    def __init__(self, root: str, split: Literal["train", "val"] = "train", class_num: int = 6,
                  num_train: int = 3000, num_val: int = 600, image_size: int = 32, seed: int = 0,
                  transform_ops: Optional[list] = None):
         from .synthetic import ensure_generated  # generator code only when used
 
-        ensure_generated(root, num_classes, num_train, num_val, image_size, seed)
+        ensure_generated(root, class_num, num_train, num_val, image_size, seed)
         super().__init__(image_root=root, cls_label_path=os.path.join(root, f"{split}_list.txt"),
-                         transform_ops=transform_ops, class_num=num_classes)
+                         transform_ops=transform_ops, class_num=class_num)
         self.split = split
         with open(os.path.join(root, "labels.txt")) as f:
             self.class_names = [line.strip() for line in f if line.strip()]

@@ -1,6 +1,6 @@
 """Build the data side of a run from one `DataLoader.Train`/`DataLoader.Eval` config section.
 
-`build_dataloader(section_cfg, mode, rank, world_size, seed)` returns a DataPipeline: the
+`build_dataloader(section_cfg, split, rank, world_size, seed)` returns a DataPipeline: the
 paddle.io.DataLoader (driven by our batch sampler, so batches are identical for any num_workers),
 the sampler (set_epoch / set_start_iter), the dataset, and the batch transform (Mixup/Cutmix) the
 engine applies on tensors. Iterate the pipeline itself (or `iter_batches(pipeline.loader)`), not
@@ -140,14 +140,14 @@ def build_batch_transform(dataset_cfg, class_num=None):
     return create_batch_transform(dict(dataset_cfg).get("batch_transform_ops"), class_num)
 
 
-def build_dataloader(section_cfg, mode, rank=0, world_size=1, seed=0, class_num=None):
-    """DataPipeline for `DataLoader.Train` (mode 'train') or `DataLoader.Eval` (mode 'eval').
+def build_dataloader(section_cfg, split, rank=0, world_size=1, seed=0, class_num=None):
+    """DataPipeline for `DataLoader.Train` (split 'train') or `DataLoader.Eval` (split 'eval').
 
     class_num (e.g. Model.class_num) completes Mixup/Cutmix configs that leave it out; the
     dataset's own class_num is used otherwise."""
-    if mode not in ("train", "eval"):
-        raise ValueError(f"mode must be 'train' or 'eval', got {mode!r}")
-    where = f"DataLoader.{mode.capitalize()}"
+    if split not in ("train", "eval"):
+        raise ValueError(f"split must be 'train' or 'eval', got {split!r}")
+    where = f"DataLoader.{split.capitalize()}"
     section_cfg = check_data_split(section_cfg, where)
     loader_cfg = section_cfg["loader"]
     dataset = build_dataset(section_cfg["dataset"], f"{where}.dataset")
@@ -155,7 +155,7 @@ def build_dataloader(section_cfg, mode, rank=0, world_size=1, seed=0, class_num=
                                             class_num if class_num is not None else dataset.class_num)
     sampler = SAMPLERS.build(section_cfg["sampler"], f"{where}.sampler", dataset=dataset,
                              rank=rank, world_size=world_size, seed=0 if seed is None else seed,
-                             mode=mode)
+                             split=split)
     import paddle  # here, so that plsc.data (datasets, synthetic generation) works without it
 
     num_workers = loader_cfg["num_workers"]

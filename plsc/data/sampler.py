@@ -36,16 +36,16 @@ def sample_seeds(seed, epoch, indices):
     return (mixed >> np.uint64(1)).tolist()
 
 
-@SAMPLERS.register(runtime=("dataset", "rank", "world_size", "seed", "mode"))
+@SAMPLERS.register(runtime=("dataset", "rank", "world_size", "seed", "split"))
 class DistributedBatchSampler:
-    """PLSC's sampler name and keys; the dataset, rank, world_size, seed and mode are runtime
+    """PLSC's sampler name and keys; the dataset, rank, world_size, seed and split are runtime
     arguments from build_dataloader, never config keys."""
 
     def __init__(self, dataset, batch_size: Annotated[int, ge(1)], shuffle: bool = False,
                  drop_last: bool = False, *, rank: int = 0, world_size: int = 1, seed: int = 0,
-                 mode: str = "train"):
-        if mode not in ("train", "eval"):
-            raise ValueError(f"mode must be 'train' or 'eval', got {mode!r}")
+                 split: str = "train"):
+        if split not in ("train", "eval"):
+            raise ValueError(f"split must be 'train' or 'eval', got {split!r}")
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} outside world of size {world_size}")
         self.dataset = dataset
@@ -56,7 +56,7 @@ class DistributedBatchSampler:
         self.rank = rank
         self.world_size = world_size
         self.seed = 0 if seed is None else int(seed)
-        self.mode = mode
+        self.split = split
         self.epoch = 0
         self._start_iter = 0
 
@@ -69,11 +69,11 @@ class DistributedBatchSampler:
 
     def _order(self):
         n = self.num_samples
-        if self.mode == "eval" or not self.shuffle:
+        if self.split == "eval" or not self.shuffle:
             order = np.arange(n)
         else:
             order = np.random.default_rng([self.seed, self.epoch]).permutation(n)
-        if self.mode == "train" and n % self.world_size:
+        if self.split == "train" and n % self.world_size:
             total = -(-n // self.world_size) * self.world_size
             order = np.resize(order, total)  # repeats from the head, like Paddle's padding
         return order
@@ -87,7 +87,7 @@ class DistributedBatchSampler:
         batches = [order[k * G + r * B:k * G + (r + 1) * B] for k in range(full)]
         if rest:
             tail = order[full * G:]
-            if self.mode == "eval":
+            if self.split == "eval":
                 part = np.array_split(tail, W)[r]  # no padding: shares differ by at most one
                 if len(part):
                     batches.append(part)
@@ -103,7 +103,7 @@ class DistributedBatchSampler:
             yield list(zip(indices.tolist(), seeds))
 
     def __len__(self):
-        if self.mode == "eval":
+        if self.split == "eval":
             return len(self._batches())
         n = -(-self.num_samples // self.world_size) * self.world_size
         full, rest = divmod(n, self.batch_size * self.world_size)

@@ -105,8 +105,8 @@ def render(label, size, rng, grid=None):
     grad = (lx * np.cos(grad_dir) + ly * np.sin(grad_dir))[..., None]
     img = bg + grad * rng.uniform(-80, 80, 3)
     # Foreground colour of any hue but clearly lighter or darker than the background: with a
-    # luminance contrast > 90 a small ViT learns ~10 points faster than with a plain colour
-    # distance (measured), while colour, noise and distractors still make it a real task.
+    # luminance contrast > 90 a small ViT learns markedly faster than with a plain colour
+    # distance, while colour, noise and distractors still make it a real task.
     while True:
         fg = rng.uniform(0, 255, 3)
         if abs(float((fg - bg) @ LUMA)) > 90:
@@ -130,29 +130,31 @@ def render(label, size, rng, grid=None):
     return np.clip(np.rint(img), 0, 255).astype(np.uint8)
 
 
-def _params(num_classes, num_train, num_val, image_size, seed):
+def _params(class_num, num_train, num_val, image_size, seed):
+    # On-disk record of the settings; its key names are a file format (existing roots compare
+    # against them), so they stay as first written.
     return {"generator": "SyntheticShapes", "version": GENERATOR_VERSION,
-            "num_classes": num_classes, "num_train": num_train, "num_val": num_val,
+            "num_classes": class_num, "num_train": num_train, "num_val": num_val,
             "image_size": image_size, "seed": seed}
 
 
-def _check_params(num_classes, num_train, num_val, image_size, seed):
+def _check_params(class_num, num_train, num_val, image_size, seed):
     def positive_int(key, value, low=1):
         if isinstance(value, bool) or not isinstance(value, int) or value < low:
             raise ConfigError(f"SyntheticShapes.{key}: expected an int >= {low}, got {value!r}")
 
-    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or not 2 <= num_classes <= len(SHAPES):
-        raise ConfigError(f"SyntheticShapes.num_classes: expected an int in [2, {len(SHAPES)}], "
-                          f"got {num_classes!r}")
+    if isinstance(class_num, bool) or not isinstance(class_num, int) or not 2 <= class_num <= len(SHAPES):
+        raise ConfigError(f"SyntheticShapes.class_num: expected an int in [2, {len(SHAPES)}], "
+                          f"got {class_num!r}")
     positive_int("num_train", num_train)
     positive_int("num_val", num_val)
     positive_int("image_size", image_size, low=8)
     positive_int("seed", seed, low=0)
 
 
-def write_dataset(out_dir, num_classes, num_train, num_val, image_size, seed):
+def write_dataset(out_dir, class_num, num_train, num_val, image_size, seed):
     """Write every file of the dataset into the (existing, empty) directory `out_dir`."""
-    names = SHAPES[:num_classes]
+    names = SHAPES[:class_num]
     with open(os.path.join(out_dir, "labels.txt"), "w") as f:
         f.write("\n".join(names) + "\n")
     for split, count in (("train", num_train), ("val", num_val)):
@@ -160,7 +162,7 @@ def write_dataset(out_dir, num_classes, num_train, num_val, image_size, seed):
         lines = []
         grid = supersampled_grid(image_size)
         for i in range(count):
-            label = i % num_classes  # exactly balanced (up to one image per class)
+            label = i % class_num  # exactly balanced (up to one image per class)
             rng = np.random.default_rng([seed, SPLITS[split], i])
             rgb = render(label, image_size, rng, grid)
             ok, buf = cv2.imencode(".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR),
@@ -174,7 +176,7 @@ def write_dataset(out_dir, num_classes, num_train, num_val, image_size, seed):
             f.writelines(lines)
     # meta.json last: a directory with it is complete.
     with open(os.path.join(out_dir, "meta.json"), "w") as f:
-        json.dump(_params(num_classes, num_train, num_val, image_size, seed), f, indent=1)
+        json.dump(_params(class_num, num_train, num_val, image_size, seed), f, indent=1)
 
 
 def _existing(root, wanted):
@@ -202,23 +204,23 @@ def _existing(root, wanted):
     return True
 
 
-def ensure_generated(root, num_classes=6, num_train=3000, num_val=600, image_size=32, seed=0):
+def ensure_generated(root, class_num=6, num_train=3000, num_val=600, image_size=32, seed=0):
     """Generate the dataset at `root` unless it is already there; returns True if this call
     wrote it. Safe against concurrent callers (temp dir + atomic rename)."""
-    _check_params(num_classes, num_train, num_val, image_size, seed)
-    wanted = _params(num_classes, num_train, num_val, image_size, seed)
+    _check_params(class_num, num_train, num_val, image_size, seed)
+    wanted = _params(class_num, num_train, num_val, image_size, seed)
     given, root = root, os.path.abspath(root)
     if _existing(root, wanted):
         return False
     # Say so, and where: a relative root under another working directory is a new dataset.
     where = root if os.path.isabs(given) else f"{root} ('{given}' from {os.getcwd()})"
     logger.info("SyntheticShapes: generating %d train + %d val images (%d classes, %dpx) at %s",
-                num_train, num_val, num_classes, image_size, where)
+                num_train, num_val, class_num, image_size, where)
     parent = os.path.dirname(root)
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(root)}.tmp-", dir=parent)
     try:
-        write_dataset(tmp, num_classes, num_train, num_val, image_size, seed)
+        write_dataset(tmp, class_num, num_train, num_val, image_size, seed)
         os.chmod(tmp, 0o755)  # mkdtemp makes it private; a dataset should be readable
         try:
             os.rename(tmp, root)  # atomic; replaces root only if it is an empty directory
@@ -237,7 +239,7 @@ def main(argv=None):
     p = argparse.ArgumentParser(prog="python -m plsc.data.synthetic",
                                 description="Pre-generate the SyntheticShapes dataset at ROOT.")
     p.add_argument("root")
-    p.add_argument("--num-classes", type=int, default=6)
+    p.add_argument("--class-num", type=int, default=6)
     p.add_argument("--num-train", type=int, default=3000)
     p.add_argument("--num-val", type=int, default=600)
     p.add_argument("--image-size", type=int, default=32)
@@ -245,14 +247,14 @@ def main(argv=None):
     args = p.parse_args(argv)
     start = time.time()
     try:
-        wrote = ensure_generated(args.root, args.num_classes, args.num_train, args.num_val,
+        wrote = ensure_generated(args.root, args.class_num, args.num_train, args.num_val,
                                  args.image_size, args.seed)
     except (ConfigError, DataError) as e:
         print(f"error: {e}", file=sys.stderr)
         return e.exit_code
     if wrote:
         print(f"wrote {args.num_train} train + {args.num_val} val images "
-              f"({args.num_classes} classes, {args.image_size}px) to {args.root} "
+              f"({args.class_num} classes, {args.image_size}px) to {args.root} "
               f"in {time.time() - start:.1f}s")
     else:
         print(f"{args.root} already holds this dataset")

@@ -16,7 +16,7 @@ Architecture, as in the official JAX code (models_resnet.py + models_vit.py):
   * the ViT then embeds the 1024-channel /16 map with a 1x1 "patch" conv (`embedding/kernel`
     (1, 1, 1024, 768)) - so in ViT terms the patch size is 16.
 
-State-dict names (official -> ours mapping is documented in plsc/convert/npz.py):
+State-dict names (official -> ours mapping is documented in plsc/convert/npz_names.py):
   patch_embed.backbone.root.{conv.weight, gn.weight, gn.bias}
   patch_embed.backbone.stages.{s}.units.{u}.{conv1,conv2,conv3,conv_proj}.weight
   patch_embed.backbone.stages.{s}.units.{u}.{gn1,gn2,gn3,gn_proj}.{weight,bias}
