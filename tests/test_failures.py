@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from tiny import run_tool, tiny_config
 
+from plsc.config import dump_config, get_config
 from plsc.engine import checkpoint as ckpt
 from plsc.errors import TrainingError
 
@@ -34,9 +35,12 @@ def test_one_failing_rank_brings_the_launched_job_down(tmp_path, monkeypatch):
 
 def test_unwritable_checkpoint_in_a_launched_run_ends_every_rank(tmp_path):
     path = tiny_config(tmp_path, tmp_path / "shapes", epochs=1,
-                       **{"Global.eval_during_train": False})
+                       **{"Global.eval_during_train": False, "Global.auto_resume": True})
     out = tmp_path / "out/VisionTransformer"
     (out / "latest.pdparams").mkdir(parents=True)  # the rename onto it fails (even as root)
+    # This run's own record and no completed save: auto-resume treats the directory as this run
+    # stopped before its first save and starts over (tests/test_run_dir.py), reaching the save.
+    (out / "config.yaml").write_text(dump_config(get_config(path)))
     r = run_tool("train", ["-c", path], nproc=2, log_dir=tmp_path / "log", timeout=90)
     _assert_one_line_failure(r, f"rank 0: error: cannot save checkpoint to {out / 'latest'}: "
                                 "Is a directory")
