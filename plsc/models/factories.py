@@ -3,7 +3,7 @@ import inspect
 
 from ..vit_spec import VARIANTS
 from .hybrid import ViTHybrid
-from .vit import VisionTransformer
+from .vit import VisionTransformer, check_vit
 
 
 def model_class(spec):
@@ -31,7 +31,8 @@ def make_factory(name, variant):
 
 def register_family(registry):
     """Register VisionTransformer, ViTHybrid and every named variant in `registry`."""
-    registry.register("VisionTransformer")(VisionTransformer)
+    registry.register("VisionTransformer", check=check_vit)(VisionTransformer)
     registry.register("ViTHybrid")(ViTHybrid)
     for name, variant in VARIANTS.items():
-        registry.register(name)(make_factory(name, variant))
+        plain = model_class(variant.spec) is VisionTransformer
+        registry.register(name, check=check_vit if plain else None)(make_factory(name, variant))

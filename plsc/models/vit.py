@@ -8,12 +8,13 @@ Linear weights are [in, out].
 `global_pool='gap'` follows the official gap models: no class token, no class row in pos_embed,
 mean over tokens taken after the final LayerNorm.
 """
-from typing import Optional
+from typing import Annotated, Literal, Optional
 
 import numpy as np
 import paddle
 import paddle.nn as nn
 
+from ..config.types import between, ge, gt
 from ..errors import ConfigError
 from ..vit_spec import GLOBAL_POOLS, HEAD_NAMES, pool_tokens, spec_from_kwargs
 from .layers import Block, PatchEmbed, constant, dropout, normal, xavier_uniform
@@ -31,6 +32,21 @@ def resolve_attn_impl(attn_impl):
     if attn_impl != "auto":
         return attn_impl
     return "sdpa" if paddle.device.get_device().startswith("gpu") else "math"
+
+
+PosInt = Annotated[int, ge(1)]
+Rate = Annotated[float, between(0, 1, hi_open=True)]
+
+
+def check_vit(values):
+    """Cross-key rules of VisionTransformer (schema `check=`): the layers would fail obscurely."""
+    if values["embed_dim"] % values["num_heads"]:
+        return (f"embed_dim {values['embed_dim']} is not divisible by "
+                f"num_heads {values['num_heads']}")
+    if values["img_size"] % values["patch_size"]:
+        return (f"img_size {values['img_size']} is not divisible by "
+                f"patch_size {values['patch_size']}")
+    return None
 
 
 def _fail(message):
@@ -85,13 +101,16 @@ class VisionTransformer(nn.Layer):
     `vit_spec.state_shapes(self.spec)`.
     """
 
-    def __init__(self, img_size: int = 224, patch_size: int = 16, in_chans: int = 3,
-                 class_num: int = 1000, embed_dim: int = 768, depth: int = 12,
-                 num_heads: int = 12, mlp_ratio: float = 4.0, qkv_bias: bool = True,
-                 representation_size: Optional[int] = None, global_pool: str = "token",
-                 drop_rate: float = 0.0, attn_drop_rate: float = 0.0,
-                 drop_path_rate: float = 0.0, epsilon: float = 1e-6, act: str = "gelu",
-                 attn_impl: str = "auto", head_bias: float = 0.0):
+    def __init__(self, img_size: PosInt = 224, patch_size: PosInt = 16, in_chans: PosInt = 3,
+                 class_num: Annotated[int, ge(0)] = 1000, embed_dim: PosInt = 768,
+                 depth: PosInt = 12, num_heads: PosInt = 12,
+                 mlp_ratio: Annotated[float, gt(0)] = 4.0, qkv_bias: bool = True,
+                 representation_size: Optional[PosInt] = None,
+                 global_pool: Literal["token", "gap"] = "token",
+                 drop_rate: Rate = 0.0, attn_drop_rate: Rate = 0.0,
+                 drop_path_rate: Rate = 0.0, epsilon: float = 1e-6,
+                 act: Literal["gelu", "gelu_tanh"] = "gelu",
+                 attn_impl: Literal["auto", "math", "sdpa"] = "auto", head_bias: float = 0.0):
         super().__init__()
         # The architecture keywords, by name, straight from the signature.
         spec = spec_from_kwargs(locals())
