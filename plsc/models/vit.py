@@ -15,12 +15,9 @@ import paddle
 import paddle.nn as nn
 
 from ..config.types import between, ge, gt
-from ..errors import ConfigError
-from ..vit_spec import GLOBAL_POOLS, HEAD_NAMES, pool_tokens, spec_from_kwargs
+from ..vit_spec import HEAD_NAMES, pool_tokens, spec_from_kwargs
 from .layers import Block, PatchEmbed, constant, dropout, normal, xavier_uniform
 
-ACTS = ("gelu", "gelu_tanh")
-ATTN_IMPLS = ("auto", "math", "sdpa")
 
 
 def resolve_attn_impl(attn_impl):
@@ -49,47 +46,6 @@ def check_vit(values):
     return None
 
 
-def _fail(message):
-    raise ConfigError(f"VisionTransformer: {message}")
-
-
-def _check_choice(arg, value, choices):
-    if value not in choices:
-        _fail(f"{arg} must be one of {', '.join(repr(c) for c in choices)}; got {value!r}")
-
-
-def _check_int(arg, value, minimum):
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        _fail(f"{arg} must be an integer >= {minimum}; got {value!r}")
-
-
-def _check_rate(arg, value):
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
-        _fail(f"{arg} must be a number in [0, 1); got {value!r}")
-
-
-def _validate(spec, attn_impl, act, rates):
-    """One-line ConfigErrors for keyword values the layers would reject obscurely."""
-    _check_choice("global_pool", spec.global_pool, GLOBAL_POOLS)
-    _check_choice("act", act, ACTS)
-    _check_choice("attn_impl", attn_impl, ATTN_IMPLS)
-    for arg in ("img_size", "patch_size", "in_chans", "embed_dim", "depth", "num_heads"):
-        _check_int(arg, getattr(spec, arg), 1)
-    _check_int("class_num", spec.class_num, 0)
-    if spec.representation_size is not None:
-        _check_int("representation_size", spec.representation_size, 1)
-    for arg, value in rates.items():
-        _check_rate(arg, value)
-    mlp_ratio = spec.mlp_ratio
-    if isinstance(mlp_ratio, bool) or not isinstance(mlp_ratio, (int, float)) \
-            or not mlp_ratio > 0:
-        _fail(f"mlp_ratio must be a number > 0; got {mlp_ratio!r}")
-    if spec.embed_dim % spec.num_heads:
-        _fail(f"embed_dim {spec.embed_dim} is not divisible by num_heads {spec.num_heads}")
-    if spec.img_size % spec.patch_size:
-        _fail(f"img_size {spec.img_size} is not divisible by patch_size {spec.patch_size}")
-
-
 class VisionTransformer(nn.Layer):
     """ViT encoder + classifier. `forward(x)` -> logits [B, class_num].
 
@@ -114,8 +70,6 @@ class VisionTransformer(nn.Layer):
         super().__init__()
         # The architecture keywords, by name, straight from the signature.
         spec = spec_from_kwargs(locals())
-        _validate(spec, attn_impl, act, {"drop_rate": drop_rate, "attn_drop_rate": attn_drop_rate,
-                                         "drop_path_rate": drop_path_rate})
         self.spec = spec
         self.img_size, self.patch_size = img_size, patch_size
         self.class_num, self.embed_dim = class_num, embed_dim
