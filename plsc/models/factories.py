@@ -32,7 +32,7 @@ def make_factory(name, variant):
 def register_family(registry):
     """Register VisionTransformer, ViTHybrid and every named variant in `registry`."""
     registry.register("VisionTransformer", check=check_vit)(VisionTransformer)
-    registry.register("ViTHybrid")(ViTHybrid)
+    registry.register("ViTHybrid", check=check_vit)(ViTHybrid)
     for name, variant in VARIANTS.items():
-        plain = model_class(variant.spec) is VisionTransformer
-        registry.register(name, check=check_vit if plain else None)(make_factory(name, variant))
+        # ViTHybrid runs VisionTransformer.__init__ too: the same cross-key rules hold
+        registry.register(name, check=check_vit)(make_factory(name, variant))
