@@ -724,7 +724,7 @@ def test_real_vit_model_validates():
     cfg = validate_config(AttrDict(Model={"name": "ViT_base_patch16_224", "class_num": 10,
                                           "drop_rate": 0}), regs)
     assert cfg.Model.class_num == 10 and type(cfg.Model.drop_rate) is float
-    with pytest.raises(ConfigError, match=r"^Model.class_num: expected int, got str 'ten'"):
+    with pytest.raises(ConfigError, match=r"^Model.class_num: expected int >= 0, got str 'ten'"):
         validate_config(AttrDict(Model={"name": "ViT_base_patch16_224", "class_num": "ten"}), regs)
     with pytest.raises(ConfigError, match=r"did you mean 'Model.drop_rate'\?$"):
         validate_config(AttrDict(Model={"name": "ViT_base_patch16_224", "drop_rat": 0.1}), regs)

@@ -341,7 +341,7 @@ def test_factory_dims(name):
     assert (params["img_size"].default, params["patch_size"].default,
             params["embed_dim"].default, params["num_heads"].default,
             params["depth"].default) == (img, patch, dim, heads, depth)
-    assert params["class_num"].annotation is int
+    assert params["class_num"].annotation == vit_params["class_num"].annotation
 
 
 def test_factory_overrides_and_config_keys():
@@ -350,7 +350,7 @@ def test_factory_overrides_and_config_keys():
     assert model.class_num == 10 and len(model.blocks) == 2
     assert list(model.head.weight.shape) == [16, 10]
     np.testing.assert_array_equal(model.head.bias.numpy(), np.full(10, -10.0, "float32"))
-    with pytest.raises(ConfigError, match="did you mean 'class_num'"):
+    with pytest.raises(ConfigError, match="did you mean 'Model.class_num'"):
         build_model({"name": "ViT_tiny_patch4_32", "clas_num": 10})
     assert inspect.signature(VisionTransformer).parameters["representation_size"].default is None
 
@@ -417,19 +417,33 @@ def test_init_follows_paddle_seed():
 # ---------------------------------------------------------------- errors and export
 
 @pytest.mark.parametrize("kwargs,message", [
-    (dict(global_pool="avg"),
-     "VisionTransformer: global_pool must be one of 'token', 'gap'; got 'avg'"),
-    (dict(act="relu"), "VisionTransformer: act must be one of 'gelu', 'gelu_tanh'; got 'relu'"),
-    (dict(attn_impl="flash"),
-     "VisionTransformer: attn_impl must be one of 'auto', 'math', 'sdpa'; got 'flash'"),
-    (dict(embed_dim=30), "VisionTransformer: embed_dim 30 is not divisible by num_heads 4"),
-    (dict(img_size=18), "VisionTransformer: img_size 18 is not divisible by patch_size 4"),
-    (dict(depth=0), "VisionTransformer: depth must be an integer >= 1; got 0"),
-    (dict(drop_rate=1.0), "VisionTransformer: drop_rate must be a number in [0, 1); got 1.0"),
+    (dict(global_pool="avg"), "Model.global_pool: expected one of token, gap, got str 'avg'"),
+    (dict(act="relu"), "Model.act: expected one of gelu, gelu_tanh, got str 'relu'"),
+    (dict(attn_impl="flash"), "Model.attn_impl: expected one of auto, math, sdpa, got str 'flash'"),
+    (dict(embed_dim=30), "Model: embed_dim 30 is not divisible by num_heads 4"),
+    (dict(img_size=18), "Model: img_size 18 is not divisible by patch_size 4"),
+    (dict(depth=0), "Model.depth: expected int >= 1, got int 0"),
+    (dict(drop_rate=1.0), "Model.drop_rate: expected float in [0, 1), got float 1.0"),
 ])
 def test_bad_arguments_raise_config_error(kwargs, message):
+    # the rules live in the schema (annotated signature + check_vit), applied by build_model
     with pytest.raises(ConfigError) as info:
-        small_vit(**kwargs)
+        build_model({"name": "VisionTransformer", **SMALL, **kwargs})
+    assert str(info.value) == message
+
+
+@pytest.mark.parametrize("key,value,message", [
+    ("class_num", -1,
+     "Model.class_num: expected int >= 0, got int -1 (from -o Model.class_num=-1)"),
+    ("num_heads", 5,
+     "Model: embed_dim 96 is not divisible by num_heads 5 (from -o Model.num_heads=5)"),
+])
+def test_variant_keys_are_checked_by_get_config(tmp_path, key, value, message):
+    """A named variant's keys are schema-checked at config load, before any build."""
+    from plsc.config import get_config
+    src = "configs/quickstart/ViT_tiny_patch4_32_shapes_1n2c_dp_fp32.yaml"
+    with pytest.raises(ConfigError) as info:
+        get_config(src, [f"Model.{key}={value}"])
     assert str(info.value) == message
 
 

@@ -14,7 +14,7 @@ register_family(registry.MODELS)
 
 def build_model(cfg):
     """Build a model from a config dict {'name': <registered name>, **keyword arguments}."""
-    return registry.MODELS.build(dict(cfg))
+    return registry.MODELS.build(dict(cfg), section="Model")
 
 
 __all__ = ["build_model", "VisionTransformer", "ViTHybrid", "layers", "vit"]

@@ -3,7 +3,7 @@ import inspect
 
 from ..vit_spec import VARIANTS
 from .hybrid import ViTHybrid
-from .vit import VisionTransformer
+from .vit import VisionTransformer, check_vit
 
 
 def model_class(spec):
@@ -31,7 +31,8 @@ def make_factory(name, variant):
 
 def register_family(registry):
     """Register VisionTransformer, ViTHybrid and every named variant in `registry`."""
-    registry.register("VisionTransformer")(VisionTransformer)
-    registry.register("ViTHybrid")(ViTHybrid)
+    registry.register("VisionTransformer", check=check_vit)(VisionTransformer)
+    registry.register("ViTHybrid", check=check_vit)(ViTHybrid)
     for name, variant in VARIANTS.items():
-        registry.register(name)(make_factory(name, variant))
+        # ViTHybrid runs VisionTransformer.__init__ too: the same cross-key rules hold
+        registry.register(name, check=check_vit)(make_factory(name, variant))

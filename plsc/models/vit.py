@@ -8,18 +8,16 @@ Linear weights are [in, out].
 `global_pool='gap'` follows the official gap models: no class token, no class row in pos_embed,
 mean over tokens taken after the final LayerNorm.
 """
-from typing import Optional
+from typing import Annotated, Literal, Optional
 
 import numpy as np
 import paddle
 import paddle.nn as nn
 
-from ..errors import ConfigError
-from ..vit_spec import GLOBAL_POOLS, HEAD_NAMES, pool_tokens, spec_from_kwargs
+from ..config.types import between, ge, gt
+from ..vit_spec import HEAD_NAMES, pool_tokens, spec_from_kwargs
 from .layers import Block, PatchEmbed, constant, dropout, normal, xavier_uniform
 
-ACTS = ("gelu", "gelu_tanh")
-ATTN_IMPLS = ("auto", "math", "sdpa")
 
 
 def resolve_attn_impl(attn_impl):
@@ -33,45 +31,19 @@ def resolve_attn_impl(attn_impl):
     return "sdpa" if paddle.device.get_device().startswith("gpu") else "math"
 
 
-def _fail(message):
-    raise ConfigError(f"VisionTransformer: {message}")
+PosInt = Annotated[int, ge(1)]
+Rate = Annotated[float, between(0, 1, hi_open=True)]
 
 
-def _check_choice(arg, value, choices):
-    if value not in choices:
-        _fail(f"{arg} must be one of {', '.join(repr(c) for c in choices)}; got {value!r}")
-
-
-def _check_int(arg, value, minimum):
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        _fail(f"{arg} must be an integer >= {minimum}; got {value!r}")
-
-
-def _check_rate(arg, value):
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
-        _fail(f"{arg} must be a number in [0, 1); got {value!r}")
-
-
-def _validate(spec, attn_impl, act, rates):
-    """One-line ConfigErrors for keyword values the layers would reject obscurely."""
-    _check_choice("global_pool", spec.global_pool, GLOBAL_POOLS)
-    _check_choice("act", act, ACTS)
-    _check_choice("attn_impl", attn_impl, ATTN_IMPLS)
-    for arg in ("img_size", "patch_size", "in_chans", "embed_dim", "depth", "num_heads"):
-        _check_int(arg, getattr(spec, arg), 1)
-    _check_int("class_num", spec.class_num, 0)
-    if spec.representation_size is not None:
-        _check_int("representation_size", spec.representation_size, 1)
-    for arg, value in rates.items():
-        _check_rate(arg, value)
-    mlp_ratio = spec.mlp_ratio
-    if isinstance(mlp_ratio, bool) or not isinstance(mlp_ratio, (int, float)) \
-            or not mlp_ratio > 0:
-        _fail(f"mlp_ratio must be a number > 0; got {mlp_ratio!r}")
-    if spec.embed_dim % spec.num_heads:
-        _fail(f"embed_dim {spec.embed_dim} is not divisible by num_heads {spec.num_heads}")
-    if spec.img_size % spec.patch_size:
-        _fail(f"img_size {spec.img_size} is not divisible by patch_size {spec.patch_size}")
+def check_vit(values):
+    """Cross-key rules of VisionTransformer (schema `check=`): the layers would fail obscurely."""
+    if values["embed_dim"] % values["num_heads"]:
+        return (f"embed_dim {values['embed_dim']} is not divisible by "
+                f"num_heads {values['num_heads']}")
+    if values["img_size"] % values["patch_size"]:
+        return (f"img_size {values['img_size']} is not divisible by "
+                f"patch_size {values['patch_size']}")
+    return None
 
 
 class VisionTransformer(nn.Layer):
@@ -85,18 +57,19 @@ class VisionTransformer(nn.Layer):
     `vit_spec.state_shapes(self.spec)`.
     """
 
-    def __init__(self, img_size: int = 224, patch_size: int = 16, in_chans: int = 3,
-                 class_num: int = 1000, embed_dim: int = 768, depth: int = 12,
-                 num_heads: int = 12, mlp_ratio: float = 4.0, qkv_bias: bool = True,
-                 representation_size: Optional[int] = None, global_pool: str = "token",
-                 drop_rate: float = 0.0, attn_drop_rate: float = 0.0,
-                 drop_path_rate: float = 0.0, epsilon: float = 1e-6, act: str = "gelu",
-                 attn_impl: str = "auto", head_bias: float = 0.0):
+    def __init__(self, img_size: PosInt = 224, patch_size: PosInt = 16, in_chans: PosInt = 3,
+                 class_num: Annotated[int, ge(0)] = 1000, embed_dim: PosInt = 768,
+                 depth: PosInt = 12, num_heads: PosInt = 12,
+                 mlp_ratio: Annotated[float, gt(0)] = 4.0, qkv_bias: bool = True,
+                 representation_size: Optional[PosInt] = None,
+                 global_pool: Literal["token", "gap"] = "token",
+                 drop_rate: Rate = 0.0, attn_drop_rate: Rate = 0.0,
+                 drop_path_rate: Rate = 0.0, epsilon: float = 1e-6,
+                 act: Literal["gelu", "gelu_tanh"] = "gelu",
+                 attn_impl: Literal["auto", "math", "sdpa"] = "auto", head_bias: float = 0.0):
         super().__init__()
         # The architecture keywords, by name, straight from the signature.
         spec = spec_from_kwargs(locals())
-        _validate(spec, attn_impl, act, {"drop_rate": drop_rate, "attn_drop_rate": attn_drop_rate,
-                                         "drop_path_rate": drop_path_rate})
         self.spec = spec
         self.img_size, self.patch_size = img_size, patch_size
         self.class_num, self.embed_dim = class_num, embed_dim
