@@ -20,6 +20,7 @@ import_paddle()  # first, so its known-harmless output is silenced (plsc/quiet.p
 
 from ..config import dump_config, get_config  # noqa: E402
 from ..cpu import tune_cpu  # noqa: E402
+from ..engine.distributed import launched_rank, launched_world_size  # noqa: E402
 from ..engine.logger import setup_logger  # noqa: E402
 from ..errors import ConfigError, PlscError  # noqa: E402
 
@@ -71,10 +72,9 @@ def run(main, argv=None):
     # Every tool logs as `[time] LEVEL: msg`, to stderr so that stdout holds its results
     # (train/eval: the engine logs to stdout and train.log). Without this, plsc's records would
     # reach the root handler `import paddle` installs, in Paddle's format.
-    setup_logger(is_main=int(os.environ.get("PADDLE_TRAINER_ID", "0") or 0) == 0,
-                 stream=sys.stderr)
-    rank = int(os.environ.get("PADDLE_TRAINER_ID", "0") or 0)
-    launched = int(os.environ.get("PADDLE_TRAINERS_NUM", "1") or 1) > 1
+    rank = launched_rank()
+    launched = launched_world_size() > 1
+    setup_logger(is_main=rank == 0, stream=sys.stderr)
     try:
         code = main()
     except PlscError as e:
@@ -135,7 +135,7 @@ def use_all_cores():
     """
     if _USER_OMP_THREADS:
         return int(_USER_OMP_THREADS) if _USER_OMP_THREADS.isdigit() else None
-    if int(os.environ.get("PADDLE_TRAINERS_NUM", "1") or 1) > 1:
+    if launched_world_size() > 1:
         return None
     threads = os.cpu_count() or 1
     os.environ["OMP_NUM_THREADS"] = str(threads)

@@ -22,11 +22,11 @@ class World:
 
 
 def launched_world_size():
-    return int(os.environ.get("PADDLE_TRAINERS_NUM", "1"))
+    return int(os.environ.get("PADDLE_TRAINERS_NUM") or 1)
 
 
 def launched_rank():
-    return int(os.environ.get("PADDLE_TRAINER_ID", "0"))
+    return int(os.environ.get("PADDLE_TRAINER_ID") or 0)
 
 
 def init():

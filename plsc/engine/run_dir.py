@@ -161,7 +161,7 @@ def decide(cfg):
             raise ConfigError(f"{out_dir} already holds a run (checkpoints/config.yaml/logs): "
                               f"use a new Global.output_dir, -o Global.auto_resume=True to "
                               f"continue it, or -o Global.overwrite=True to move it aside")
-        is_main = int(os.environ.get("PADDLE_TRAINER_ID", "0")) == 0
+        is_main = distributed.launched_rank() == 0
         dest = _move_aside(out_dir, is_main)
         return Decision("fresh", f"Global.overwrite: moved the previous run {out_dir} to {dest}; "
                         f"starting fresh")
