@@ -4,6 +4,7 @@ Importing this package registers every data component (DATASETS, TRANSFORMS, BAT
 SAMPLERS). Paddle is imported only when a DataLoader or a tensor batch transform is used.
 plsc.data.synthetic (the SyntheticShapes generator and its CLI) is imported on first use.
 """
+from . import autoaugment, random_erasing  # noqa: F401 - register TimmAutoAugment, RandomErasing
 from .batch_transforms import Cutmix, Mixup, MixupCutmix, OpSampler, create_batch_transform
 from .datasets import CIFAR10, CIFAR100, ImageFolder, ImageNetDataset, SyntheticShapes
 from .loader import (DataPipeline, build_batch_transform, build_dataloader, build_dataset,
