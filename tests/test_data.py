@@ -1,6 +1,7 @@
 """Data pipeline: sampler layout and seeds, transforms against numpy/cv2 references, datasets and
 their one-line errors, SyntheticShapes, Mixup/Cutmix, and the DataLoader (workers == no workers)."""
 import io
+import json
 import os
 import pickle
 import re
@@ -161,6 +162,35 @@ def test_normalize_matches_float64_reference():
     with pytest.raises(ConfigError, match=r"^NormalizeImage.order: expected one of , hwc, chw, "
                                           r"got str 'xyz'$"):
         TRANSFORMS.build({"name": "NormalizeImage", "order": "xyz"})
+
+
+@pytest.mark.parametrize("channels,mean,std", [(3, [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]),
+                                               (3, [0.5], [0.5]), (1, [0.2], [0.3]),
+                                               (4, [0.1, 0.2, 0.3, 0.4], [1.0, 2.0, 3.0, 0.0])])
+def test_normalize_lookup_table_path_is_bitwise_the_array_math(channels, mean, std):
+    """uint8 HWC input goes through a 256-entry table: the same float32 bits as the array math
+    (the path float input and CHW order take)."""
+    img = np.random.default_rng(0).integers(0, 256, (7, 11, channels), dtype=np.uint8)
+    op = NormalizeImage(scale=1.0 / 255.0, mean=mean, std=std)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        expected = (img.astype(np.float32) * np.float32(1 / 255) - np.array(mean, np.float32)) \
+            / np.array(std, np.float32)
+    out = op(img)
+    assert out.shape == img.shape and out.dtype == np.float32
+    np.testing.assert_array_equal(out, expected)
+    np.testing.assert_array_equal(op(img.astype(np.float32)), expected)
+
+
+@pytest.mark.parametrize("rgb_flag", [True, False], ids=["opencv>=4.10", "older opencv"])
+def test_decode_rgb_is_the_bgr_decode_channel_swapped(rgb_flag, monkeypatch):
+    if not rgb_flag:
+        monkeypatch.delattr(cv2, "IMREAD_COLOR_RGB", raising=False)
+    img = image(20, 30)
+    for ext in (".jpg", ".png"):
+        data = cv2.imencode(ext, img)[1].tobytes()
+        bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+        np.testing.assert_array_equal(DecodeImage(to_rgb=True)(data), bgr[:, :, ::-1])
+        np.testing.assert_array_equal(DecodeImage(to_rgb=False)(data), bgr)
 
 
 def test_center_crop_offsets_round_down():
@@ -671,6 +701,30 @@ def epochs_of(pipe, epochs=(0, 1), start_iter=0):
         pipe.sampler.set_start_iter(start_iter)
         out.append([(x.numpy(), y.numpy()) for x, y in pipe])
     return out
+
+
+_FORK_AFTER_CV2_THREADS = """
+import json, sys
+import cv2, numpy as np
+from plsc.data import build_dataloader
+big = np.zeros((1500, 1500, 3), np.uint8)
+cv2.warpAffine(big, np.float32([[1, 0.2, 0], [0, 1, 0]]), (1500, 1500))  # starts OpenCV's pool
+print(sum(len(y) for _, y in build_dataloader(json.loads(sys.argv[1]), "eval")))
+"""
+
+
+def test_workers_start_after_the_parent_used_opencv_threads(tmp_path):
+    """A threaded cv2 call in the parent (an eval pass without workers, a benchmark) must not
+    leave forked workers hanging in OpenCV's thread pool."""
+    write_jpegs(tmp_path, 4)
+    lst = write_list(tmp_path / "list.txt", [f"img/{i}.jpg {i}" for i in range(4)])
+    dataset = {"name": "ImageNetDataset", "image_root": str(tmp_path), "cls_label_path": lst,
+               "transform_ops": NO_AUG + [{"ToCHWImage": None}]}
+    section = json.dumps(loader_section(dataset, workers=2))
+    r = subprocess.run([sys.executable, "-c", _FORK_AFTER_CV2_THREADS, section],
+                       capture_output=True, text=True, cwd=ROOT, timeout=60,
+                       env=dict(os.environ, PYTHONPATH=ROOT))
+    assert r.returncode == 0 and r.stdout.split()[-1] == "4", r.stdout + r.stderr
 
 
 def test_workers_yield_the_same_batches_as_no_workers(shapes_root):

@@ -135,7 +135,8 @@ def _config(tmp_path, **erasing):
     ops = [{"DecodeImage": {"to_rgb": True}},
            {"NormalizeImage": {"scale": "1.0/255.0", "mean": [0.5] * 3, "std": [0.5] * 3}},
            {"RandomErasing": erasing}, {"ToCHWImage": None}]
-    return tiny_config(tmp_path, tmp_path / "shapes", **{"DataLoader.Train.dataset.transform_ops": ops})
+    return tiny_config(tmp_path, tmp_path / "shapes",
+                       **{"DataLoader.Train.dataset.transform_ops": ops})
 
 
 def test_sl_above_sh_is_a_config_error(tmp_path):

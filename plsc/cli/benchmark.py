@@ -6,6 +6,9 @@
     python tools/benchmark.py inference --model ViT_tiny_patch16_224 --batch-size 8
         inference images/s of the dygraph model, the exported fp32 predictor (oneDNN) and the
         bf16 predictor where the CPU supports it, with ratios vs dygraph.
+    python tools/benchmark.py data --images 64 --rounds 5
+        images/s of one loader worker running the DeiT training transforms, next to a plain
+        Pillow pipeline of the same steps (plsc/cli/bench_data.py).
 Other sections live beside these; `--help` lists them.
 """
 import argparse
@@ -174,7 +177,14 @@ def bench_convert(args):
     print(f"  round trip npz -> paddle -> npz bitwise identical: {r['roundtrip_bitwise']}")
 
 
-SECTIONS = {"train": bench_train, "inference": bench_inference, "convert": bench_convert}
+def bench_data(args):
+    from .bench_data import bench_data as run_bench
+
+    run_bench(args)
+
+
+SECTIONS = {"train": bench_train, "inference": bench_inference, "convert": bench_convert,
+            "data": bench_data}
 
 
 def main(argv=None):
@@ -202,8 +212,12 @@ def main(argv=None):
         c = sub.add_parser("convert", help="npz <-> paddle conversion time and peak memory "
                                            "for a full-size ViT-B/16")
         c.add_argument("--debug", action="store_true")
+        from .bench_data import add_parser as add_data_parser
+
+        add_data_parser(sub)
         args = parser.parse_args(argv)
-        use_all_cores()
+        if args.section != "data":  # a loader worker is one thread: data measures just that
+            use_all_cores()
         SECTIONS[args.section](args)
 
     run(_main, argv if argv is not None else sys.argv)

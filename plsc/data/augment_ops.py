@@ -37,15 +37,24 @@ def _apply_lut(img, tables):
 
 
 def _histograms(img):
-    return [np.bincount(img[..., c].ravel(), minlength=256) for c in range(img.shape[2])]
+    """Per-channel 256-bin counts (cv2.calcHist: 8x np.bincount's speed; its float32 counts are
+    exact below 2**24 pixels, beyond which numpy counts)."""
+    if img.shape[0] * img.shape[1] >= 1 << 24:
+        return [np.bincount(img[..., c].ravel(), minlength=256) for c in range(img.shape[2])]
+    return [cv2.calcHist([img], [c], None, [256], [0, 256]).reshape(-1).astype(np.int64)
+            for c in range(img.shape[2])]
 
 
 def blend(degenerate, img, factor):
     """Pillow's Image.blend(degenerate, img, factor) on uint8 arrays: float32
     `d + factor * (x - d)`, clipped to 0..255 and truncated (ImagingBlend)."""
     d = np.asarray(degenerate).astype(np.float32)
-    out = d + np.float32(factor) * (np.asarray(img).astype(np.float32) - d)
-    return np.clip(out, 0, 255).astype(np.uint8)
+    out = np.asarray(img).astype(np.float32)
+    out -= d
+    out *= np.float32(factor)
+    out += d
+    np.clip(out, 0, 255, out=out)
+    return out.astype(np.uint8)
 
 
 def auto_contrast(img, arg=None, fill=None, interpolation=None):
@@ -95,8 +104,10 @@ def solarize_add(img, add, fill=None, interpolation=None, threshold=128):
 
 def luminance(img):
     """Pillow's RGB -> L: (R*19595 + G*38470 + B*7471 + 0x8000) >> 16, as (H, W, 1) uint8."""
-    x = img.astype(np.int32)
-    lum = (x[..., 0] * 19595 + x[..., 1] * 38470 + x[..., 2] * 7471 + 0x8000) >> 16
+    lum = img[..., 0].astype(np.int32) * 19595  # channel by channel: 8x faster than one cast
+    lum += img[..., 1].astype(np.int32) * 38470
+    lum += img[..., 2].astype(np.int32) * 7471 + 0x8000
+    lum >>= 16
     return lum.astype(np.uint8)[..., None]
 
 
@@ -121,6 +132,17 @@ def sharpness(img, factor, fill=None, interpolation=None):
     return blend(smooth, img, factor)
 
 
+def _coordinate(p, q, r, w, h):
+    """p * (x + .5) + q * (y + .5) + r over the (h, w) output grid, broadcast from the terms
+    that are not zero (a shear or translation needs one axis only)."""
+    value = np.float64(r)
+    if p:
+        value = value + p * (np.arange(w) + 0.5)[None, :]
+    if q:
+        value = value + q * (np.arange(h) + 0.5)[:, None]
+    return value
+
+
 def affine(img, matrix, fill, interpolation):
     """Image.transform(size, AFFINE, matrix, resample, fillcolor): output pixel (x, y) samples
     the input at (a, b, c, d, e, f) applied to its centre (x + .5, y + .5); samples outside the
@@ -131,9 +153,9 @@ def affine(img, matrix, fill, interpolation):
     m = np.array([[a, b, c + 0.5 * (a + b) - 0.5], [d, e, f + 0.5 * (d + e) - 0.5]])
     out = cv2.warpAffine(img, m, (w, h), flags=CV2_INTERPOLATION[interpolation]
                          | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_REPLICATE)
-    xs, ys = np.arange(w) + 0.5, (np.arange(h) + 0.5)[:, None]
-    x_in, y_in = a * xs + b * ys + c, d * xs + e * ys + f
-    out[(x_in < 0) | (x_in >= w) | (y_in < 0) | (y_in >= h)] = fill
+    x_in, y_in = _coordinate(a, b, c, w, h), _coordinate(d, e, f, w, h)
+    outside = (x_in < 0) | (x_in >= w) | (y_in < 0) | (y_in >= h)
+    out[np.broadcast_to(outside, (h, w))] = fill
     return out
 
 

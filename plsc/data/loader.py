@@ -120,9 +120,12 @@ def _guarded_collate(samples):
 
 def _worker_init(worker_id):
     # Loader workers already run in parallel: OpenCV's own thread pool would only oversubscribe.
+    # 0 (run sequentially), not 1: when the parent had started the pool (any threaded cv2 call,
+    # e.g. an eval pass without workers), setNumThreads(1) in the forked child waits forever
+    # for pool threads that did not survive the fork.
     import cv2
 
-    cv2.setNumThreads(1)
+    cv2.setNumThreads(0)
 
 
 def build_dataset(dataset_cfg, section="dataset"):

@@ -67,7 +67,8 @@ class RandomErasing:
             h = int(round(math.sqrt(target * aspect)))
             w = int(round(math.sqrt(target / aspect)))
             if w < width and h < height:
-                return int(rng.integers(0, height - h + 1)), int(rng.integers(0, width - w + 1)), h, w
+                top = int(rng.integers(0, height - h + 1))
+                return top, int(rng.integers(0, width - w + 1)), h, w
         return None
 
     def fill(self, shape, rng):
