@@ -8,7 +8,8 @@ and an aspect ratio h/w in [r1, 1/r1] (uniform, or log-uniform with use_log_aspe
 box that fits strictly inside the image (h < height and w < width, as PaddleClas) is placed
 uniformly and filled with `mean` (mode const), one standard-normal value per channel (rand) or
 per element (pixel). The image is the float output of NormalizeImage, so N(0, 1) is noise at the
-data's own scale; it is modified in place when writable, like PaddleClas.
+data's own scale. The erased image is a copy (PaddleClas writes into its input, which would
+corrupt an in-memory dataset such as CIFAR when erasing comes before NormalizeImage).
 
 Layout: HWC (after NormalizeImage, PLSC's order) unless the first axis holds 1, 3 or 4 channels
 and the last does not, which is CHW (after ToCHWImage). A 3x3x3 image reads as HWC.
@@ -88,13 +89,15 @@ class RandomErasing:
         if self.mode != "const" and not np.issubdtype(img.dtype, np.floating):
             raise DataError(f"RandomErasing mode '{self.mode}' needs the float image of "
                             f"NormalizeImage (put it after NormalizeImage), got {img.dtype}")
-        if not img.flags.writeable:
-            img = img.copy()
+        height, width = hwc_view(img).shape[:2]
+        found = self.box(height, width, rng)
+        if found is None:
+            return img
+        # A copy, never the input: an in-memory dataset (CIFAR) hands out its own arrays.
+        img = img.copy()
         view = hwc_view(img)
-        found = self.box(view.shape[0], view.shape[1], rng)
-        if found is not None:
-            top, left, h, w = found
-            view[top:top + h, left:left + w] = self.fill((h, w, view.shape[2]), rng)
+        top, left, h, w = found
+        view[top:top + h, left:left + w] = self.fill((h, w, view.shape[2]), rng)
         return img
 
 
