@@ -164,24 +164,25 @@ def bench_data(args):
             with open(path, "rb") as f:
                 images.append(f.read())
     pipelines = {"plsc": plsc_steps(), "pillow": pillow_steps()}
-    breakdown = {name: {} for name in pipelines}
-    totals = {name: [] for name in pipelines}
+    rounds = {name: [] for name in pipelines}  # per round: (total, {step: seconds})
     for steps in pipelines.values():  # warm-up: first-call costs out of the measurement
         _run(steps, images[:2], {})
     for _ in range(args.rounds):
         for name, steps in pipelines.items():
-            totals[name].append(_run(steps, images, breakdown[name]))
-    _report(args, len(images), totals, breakdown)
+            seconds = {}
+            rounds[name].append((_run(steps, images, seconds), seconds))
+    _report(args, len(images), rounds)
 
 
-def _report(args, n, totals, breakdown):
-    ips = {name: n / statistics.median(ts) for name, ts in totals.items()}
+def _report(args, n, rounds):
+    """Medians over the rounds: of the totals (images/s) and of each step (ms/image)."""
+    ips = {name: n / statistics.median(t for t, _ in r) for name, r in rounds.items()}
     print(f"data: DeiT train pipeline, {n} JPEGs 500x375, {args.rounds} round(s), "
           f"1 process, 1 thread (cv2.setNumThreads(0)):")
     for name in ("plsc", "pillow"):
-        parts = breakdown[name]
-        per_image = {k: 1000 * v / (n * args.rounds) for k, v in parts.items()}
-        detail = ", ".join(f"{k} {v:.2f}" for k, v in per_image.items())
+        steps = rounds[name][0][1]
+        detail = ", ".join(
+            f"{k} {1000 * statistics.median(s[k] for _, s in rounds[name]) / n:.2f}" for k in steps)
         print(f"  {name:<7}: {ips[name]:8.1f} images/s per worker  (ms/image: {detail})")
     print(f"  ratio  : x{ips['plsc'] / ips['pillow']:.2f} plsc vs pillow  (goal >= x1.5)")
     workers = math.ceil(PLSC_IMG_PER_GPU / ips["plsc"])
@@ -189,10 +190,18 @@ def _report(args, n, totals, breakdown):
           f"needs >= {workers} loader workers per GPU at this per-worker rate")
 
 
+def _positive(text):
+    import argparse
+
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
+    return int(text)
+
+
 def add_parser(sub):
     d = sub.add_parser("data", help="images/s per loader worker of the DeiT training pipeline, "
                                     "plsc vs plain Pillow")
-    d.add_argument("--images", type=int, default=64, help="generated 500x375 JPEGs")
-    d.add_argument("--rounds", type=int, default=5)
+    d.add_argument("--images", type=_positive, default=64, help="generated 500x375 JPEGs")
+    d.add_argument("--rounds", type=_positive, default=9)
     d.add_argument("--debug", action="store_true")
     return d

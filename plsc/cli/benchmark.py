@@ -6,7 +6,7 @@
     python tools/benchmark.py inference --model ViT_tiny_patch16_224 --batch-size 8
         inference images/s of the dygraph model, the exported fp32 predictor (oneDNN) and the
         bf16 predictor where the CPU supports it, with ratios vs dygraph.
-    python tools/benchmark.py data --images 64 --rounds 5
+    python tools/benchmark.py data --images 64 --rounds 9
         images/s of one loader worker running the DeiT training transforms, next to a plain
         Pillow pipeline of the same steps (plsc/cli/bench_data.py).
 Other sections live beside these; `--help` lists them.
