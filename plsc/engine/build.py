@@ -101,21 +101,20 @@ def _train_parts(cfg, ctx):
     if not losses.get("Train"):
         raise ConfigError("Loss.Train is required for training")
     data = build_dataloader(loaders["Train"], "train", ctx.world.rank, ctx.world.size, ctx.seed,
-                            class_num=cfg.Model.get("class_num"))
+                            class_num=cfg.Model.get("class_num"),
+                            accum_steps=cfg.Global.accum_steps)
     metric = build_metrics(metrics["Train"]) if metrics.get("Train") else None
     return data, build_loss(losses["Train"]), metric
 
 
 def _steps_per_epoch(cfg, ctx, data):
     accum = cfg.Global.accum_steps
-    if accum < 1:
-        raise ConfigError(f"Global.accum_steps must be >= 1, got {accum}")
     micro = len(data.sampler)
     if micro // accum == 0:
         bs = cfg.DataLoader.Train["sampler"].get("batch_size")
         raise ConfigError(
-            f"DataLoader.Train: {len(data.dataset)} samples make {micro} batch(es) "
-            f"of {bs} per device on {ctx.world.size} device(s); accum_steps={accum} "
+            f"DataLoader.Train: {len(data.dataset)} samples make {micro} micro-batch(es) "
+            f"of {bs // accum} per device on {ctx.world.size} device(s); accum_steps={accum} "
             "needs at least that many: lower the batch size or accum_steps")
     return micro // accum
 
