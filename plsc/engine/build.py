@@ -13,6 +13,7 @@ from ..loss import build_loss
 from ..metric import build_metrics
 from ..models import build_model as build_registered_model
 from ..optim import build_lr_scheduler, build_optimizer
+from ..optim.lr import scaled_learning_rate
 from . import amp as amp_lib
 from . import checkpoint, distributed
 from .context import RunContext, commit_run, setup_run
@@ -162,7 +163,11 @@ def build_trainer(cfg):
     total_steps = g.epochs * steps_per_epoch
     if g.max_train_step:
         total_steps = min(total_steps, g.max_train_step)
-    lr_scheduler = build_lr_scheduler(dict(cfg.LRScheduler), g.epochs, steps_per_epoch)
+    global_batch = cfg.DataLoader.Train.sampler.batch_size * ctx.world.size
+    lr_cfg, effective = scaled_learning_rate(dict(cfg.LRScheduler), global_batch)
+    if effective:
+        ctx.logger.info(effective)
+    lr_scheduler = build_lr_scheduler(lr_cfg, g.epochs, steps_per_epoch)
     model, dp_model, wrapper = _optim_wrapper(cfg, ctx, model, lr_scheduler, g.accum_steps)
     t = Trainer(ctx, model, dp_model, data, loss, metric, eval_parts, lr_scheduler, wrapper,
                 steps_per_epoch, total_steps)
