@@ -167,7 +167,11 @@ class TimmCosine(StepLRScheduler):
         else:
             self.unit_total = total_steps
             self.unit_warmup = self.warmup_steps = int(round(warmup_epoch * steps_per_epoch))
+        self.warmup_epoch = warmup_epoch
         super().__init__(learning_rate, total_steps, last_epoch)
+
+    def warmup_key(self):
+        return f"warmup_epoch ({self.warmup_epoch:g} = {self.warmup_steps} steps)"
 
     def lr_at(self, t):
         x = t // self.steps_per_epoch if self.decay_unit == "epoch" else t
@@ -263,5 +267,7 @@ def warmup_warning(sched):
     w = int(getattr(sched, "warmup_steps", 0) or 0)
     if w == 0 or w < sched.total_steps:
         return None
-    return (f"LRScheduler.warmup_steps ({w}) >= the run's {sched.total_steps} steps: the whole "
+    # a schedule whose warmup is configured in other units says so itself
+    key = sched.warmup_key() if hasattr(sched, "warmup_key") else f"warmup_steps ({w})"
+    return (f"LRScheduler.{key} >= the run's {sched.total_steps} steps: the whole "
             f"run is warmup, the lr never reaches LRScheduler.learning_rate ({sched.base_lr:g})")
