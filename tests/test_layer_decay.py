@@ -66,6 +66,16 @@ def test_model_owns_its_layer_ids():
     assert model.layer_id("dist_token") == 0  # a distilled DeiT's extra token
 
 
+def test_hybrid_stem_is_layer_zero():
+    from plsc.models.hybrid import ViTHybrid
+
+    model = ViTHybrid(img_size=32, patch_size=16, embed_dim=16, depth=1, num_heads=2,
+                      resnet_width=32, resnet_layers=[1, 1, 1], class_num=3)
+    stem = [n for n, _ in model.named_parameters() if n.startswith("patch_embed.backbone.")]
+    assert len(stem) > 30 and {model.layer_id(n) for n in stem} == {0}
+    assert model.layer_id("blocks.0.mlp.fc1.weight") == 1 and model.layer_id("head.bias") == 2
+
+
 @pytest.mark.parametrize("key", ["layer_decay", "layerwise_decay"])
 def test_adamw_update_is_scaled_per_layer_weight_decay_included(key):
     ld, lr, wd, eps = 0.5, 0.1, 0.2, 1e-8

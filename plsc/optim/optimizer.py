@@ -88,7 +88,7 @@ def split_decay(model, no_weight_decay_name=FROM_MODEL):
 Beta = Annotated[float, between(0, 1, hi_open=True)]
 NoWeightDecayName = Optional[Union[
     Annotated[str, Rule("of space-separated regular expressions", _valid_patterns)],
-    List[Annotated[str, Rule("(a non-empty substring)", bool)]]]]
+    List[Annotated[str, Rule("(non-empty substrings)", bool)]]]]
 NonNegative = Annotated[float, ge(0)]
 Epsilon = Optional[Annotated[float, gt(0)]]
 LayerDecay = Optional[Annotated[float, between(0, 1, lo_open=True)]]
