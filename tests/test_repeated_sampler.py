@@ -213,3 +213,12 @@ def test_resume_mid_epoch_equals_uninterrupted(tmp_path, data_root):
     e_res = train(part, f"Global.checkpoint={prefix}", "Global.max_train_step=11")
     assert e_res.global_step == 11 and e_res.epoch == e_full.epoch == 1
     assert max_diff(weights(tmp_path / "full"), weights(tmp_path / "part")) == 0.0
+
+
+def test_empty_epoch_stops_the_cli_with_one_line(tmp_path, data_root):
+    path = config(tmp_path, data_root, 64)  # 32 images, drop_last: no batch of 64
+    r = run_tool("train", ["-c", path])
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert [line for line in r.stderr.splitlines() if line.startswith("error:")] == [
+        "error: RepeatedAugSampler: 32 samples make an epoch of 32 per device on 1 device(s), "
+        "no batch of 64 (drop_last): lower the batch size"]

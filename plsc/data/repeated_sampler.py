@@ -41,7 +41,9 @@ def epoch_samples(dataset_len):
 @SAMPLERS.register(runtime=("dataset", "rank", "world_size", "seed", "split"))
 class RepeatedAugSampler:
     """PLSC's sampler keys (batch_size, shuffle, drop_last) plus DeiT's num_repeats (3); the
-    dataset, rank, world_size, seed and split are runtime arguments from build_dataloader."""
+    dataset, rank, world_size, seed and split are runtime arguments from build_dataloader.
+    shuffle defaults to True as in DeiT's RASampler (repeating an unshuffled order is rarely
+    wanted); PLSC's configs set it explicitly."""
 
     def __init__(self, dataset, batch_size: Annotated[int, ge(1)], shuffle: bool = True,
                  drop_last: bool = False, num_repeats: Annotated[int, ge(1)] = 3, *,
