@@ -149,6 +149,25 @@ class VisionTransformer(nn.Layer):
         model has none: a checkpoint may carry one, which fine-tuning must then drop)."""
         return HEAD_NAMES
 
+    # Parameters before the first block (what the patch embedding and the tokens own), by the
+    # first component of their structured name. The hybrid's ResNet stem lives under
+    # `patch_embed.backbone`, so it is layer 0 too.
+    EMBEDDING_NAMES = ("patch_embed", "cls_token", "dist_token", "pos_embed")
+
+    def num_layers(self):
+        """Transformer blocks, for layer-wise lr decay (plsc/optim/layer_decay.py)."""
+        return self.depth
+
+    def layer_id(self, param_name):
+        """Layer of a structured parameter name: embeddings 0, `blocks.i.*` i + 1, everything
+        after the blocks (final norm, pre-logits, head) num_layers() + 1."""
+        first, _, rest = param_name.partition(".")
+        if first in self.EMBEDDING_NAMES:
+            return 0
+        if first == "blocks":
+            return int(rest.partition(".")[0]) + 1
+        return self.depth + 1
+
     def no_weight_decay(self):
         """Structured names of the parameters trained without weight decay: every bias, every
         LayerNorm/GroupNorm parameter, the position embedding and the class token."""
