@@ -13,6 +13,7 @@ from ..loss import build_loss
 from ..metric import build_metrics
 from ..models import build_model as build_registered_model
 from ..optim import build_lr_scheduler, build_optimizer
+from ..optim.lr import scaled_learning_rate
 from . import amp as amp_lib
 from . import checkpoint, distributed
 from . import ema as ema_lib
@@ -104,21 +105,20 @@ def _train_parts(cfg, ctx):
     if not losses.get("Train"):
         raise ConfigError("Loss.Train is required for training")
     data = build_dataloader(loaders["Train"], "train", ctx.world.rank, ctx.world.size, ctx.seed,
-                            class_num=cfg.Model.get("class_num"))
+                            class_num=cfg.Model.get("class_num"),
+                            accum_steps=cfg.Global.accum_steps)
     metric = build_metrics(metrics["Train"]) if metrics.get("Train") else None
     return data, build_loss(losses["Train"]), metric
 
 
 def _steps_per_epoch(cfg, ctx, data):
     accum = cfg.Global.accum_steps
-    if accum < 1:
-        raise ConfigError(f"Global.accum_steps must be >= 1, got {accum}")
     micro = len(data.sampler)
     if micro // accum == 0:
         bs = cfg.DataLoader.Train["sampler"].get("batch_size")
         raise ConfigError(
-            f"DataLoader.Train: {len(data.dataset)} samples make {micro} batch(es) "
-            f"of {bs} per device on {ctx.world.size} device(s); accum_steps={accum} "
+            f"DataLoader.Train: {len(data.dataset)} samples make {micro} micro-batch(es) "
+            f"of {bs // accum} per device on {ctx.world.size} device(s); accum_steps={accum} "
             "needs at least that many: lower the batch size or accum_steps")
     return micro // accum
 
@@ -167,7 +167,11 @@ def build_trainer(cfg):
     total_steps = g.epochs * steps_per_epoch
     if g.max_train_step:
         total_steps = min(total_steps, g.max_train_step)
-    lr_scheduler = build_lr_scheduler(dict(cfg.LRScheduler), g.epochs, steps_per_epoch)
+    global_batch = cfg.DataLoader.Train.sampler.batch_size * ctx.world.size
+    lr_cfg, effective = scaled_learning_rate(dict(cfg.LRScheduler), global_batch)
+    if effective:
+        ctx.logger.info(effective)
+    lr_scheduler = build_lr_scheduler(lr_cfg, g.epochs, steps_per_epoch)
     model, dp_model, wrapper = _optim_wrapper(cfg, ctx, model, lr_scheduler, g.accum_steps)
     t = Trainer(ctx, model, dp_model, data, loss, metric, eval_parts, lr_scheduler, wrapper,
                 steps_per_epoch, total_steps)

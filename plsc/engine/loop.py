@@ -205,8 +205,10 @@ def run(t):
     """Train to Global.epochs (or max_train_step); returns a summary dict."""
     g, s, log = t.cfg.Global, t.state, t.logger
     bs, world, accum = t.train_data.sampler.batch_size, t.ctx.world.size, t.optim.accum_steps
+    per_device = f"{bs * accum} per device" + (f" in {accum} micro-batches of {bs}"
+                                               if accum > 1 else "")
     log.info(f"training {g.epochs} epochs x {t.steps_per_epoch} steps, global batch "
-             f"{bs * world * accum} ({bs} x {world} device(s) x {accum} accum), "
+             f"{bs * world * accum} ({per_device}, {world} device(s)), "
              f"{t.total_steps} steps in all")
     if warmup_warning(t.lr_scheduler):
         log.warning(warmup_warning(t.lr_scheduler))

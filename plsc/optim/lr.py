@@ -178,16 +178,34 @@ class Constant(StepLRScheduler):
         return self.base_lr * (min(1.0, t / w) if w > 0 else 1.0)
 
 
+def scaled_learning_rate(lr_cfg: dict, global_batch):
+    """(config without base_batch_size, one line saying the effective LR or None).
+
+    With `base_batch_size: N`, `learning_rate` is per N images of global batch and the run uses
+    learning_rate * global_batch / N (DeiT's rule, lr 5e-4 per 512; only the peak is scaled, as
+    in DeiT: warmup start and floor are absolute)."""
+    lr_cfg = dict(lr_cfg)
+    base = lr_cfg.pop("base_batch_size", None)
+    if base is None:
+        return lr_cfg, None
+    given = lr_cfg["learning_rate"]
+    lr_cfg["learning_rate"] = given * global_batch / base
+    return lr_cfg, (f"learning rate {lr_cfg['learning_rate']:.6g} = LRScheduler.learning_rate "
+                    f"{given:g} x global batch {global_batch} / base_batch_size {base}")
+
+
 def build_lr_scheduler(lr_cfg: dict, epochs: int, steps_per_epoch: int):
     """The scheduler for the `LRScheduler` config section.
 
     `epochs` is the validated Global.epochs (>= 1). steps_per_epoch counts OPTIMIZER steps
     (micro-batches // accum_steps) and is measured, not configured, so it is checked here;
     T = epochs * steps_per_epoch. Step the result once after every optimizer step.
+    A base_batch_size still in lr_cfg is dropped: the engine applies it (scaled_learning_rate).
     """
     if steps_per_epoch < 1:
         raise ConfigError(f"steps_per_epoch: expected at least 1 optimizer step per epoch, got "
                           f"{steps_per_epoch} (fewer training batches than Global.accum_steps?)")
+    lr_cfg = {k: v for k, v in lr_cfg.items() if k != "base_batch_size"}
     return LR_SCHEDULERS.build(lr_cfg, section="LRScheduler",
                                total_steps=epochs * steps_per_epoch,
                                steps_per_epoch=steps_per_epoch)
