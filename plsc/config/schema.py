@@ -6,7 +6,7 @@ of the registered component (see plsc/config/types.py). Types use the same annot
 """
 from typing import Annotated, Any, List, Literal, NamedTuple, Optional
 
-from .types import ge
+from .types import between, ge
 
 PositiveInt = Annotated[int, ge(1)]
 Count = Annotated[int, ge(0)]
@@ -32,6 +32,19 @@ GRAD_SCALER_SCHEMA = {
 SHARDING_SCHEMA = {
     "sharding_stage": Field(PositiveInt, 1),
     "sharding_degree": Field(PositiveInt, 1),
+}
+
+# Weight EMA (plsc/engine/ema.py). PLSC's keys `decay` and `thres_steps`; EMA is on when `decay`
+# is set (so an absent or null section is no EMA). `ema_eval`/`eval_start_epoch`: evaluations
+# during training also evaluate the EMA weights, from epoch `eval_start_epoch` on (1-based, as
+# logged; 0 = from the first), like PaddleClas' Global.start_eval_epoch. `best_model`: which
+# weights' top1 chooses best_model (its .pdparams holds the raw weights, its .pdema the EMA's).
+EMA_SCHEMA = {
+    "decay": Field(Optional[Annotated[float, between(0, 1, lo_open=True, hi_open=True)]], None),
+    "thres_steps": Field(bool, True),
+    "ema_eval": Field(bool, True),
+    "eval_start_epoch": Field(Count, 0),
+    "best_model": Field(Literal["raw", "ema"], "raw"),
 }
 
 FIXED_SECTIONS = {
@@ -87,6 +100,7 @@ FIXED_SECTIONS = {
         "label_file": Field(Optional[str], None),
         "topk": Field(PositiveInt, 5),
     },
+    "EMA": EMA_SCHEMA,
 }
 
 LOADER_SCHEMA = {
@@ -95,5 +109,5 @@ LOADER_SCHEMA = {
 }
 
 TOP_LEVEL = ("Global", "FP16", "DistributedStrategy", "Model", "Loss", "Metric",
-             "LRScheduler", "Optimizer", "DataLoader", "Export", "Infer")
+             "LRScheduler", "Optimizer", "DataLoader", "Export", "Infer", "EMA")
 SPLITS = ("Train", "Eval")

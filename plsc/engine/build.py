@@ -16,6 +16,7 @@ from ..optim import build_lr_scheduler, build_optimizer
 from ..optim.lr import scaled_learning_rate
 from . import amp as amp_lib
 from . import checkpoint, distributed
+from . import ema as ema_lib
 from .context import RunContext, commit_run, setup_run
 from .optim_wrapper import OptimWrapper
 
@@ -37,6 +38,7 @@ class TrainState:
     best_epoch: Optional[int] = None
     last_top1: Optional[float] = None  # of the last evaluation in this process
     last_eval_step: Optional[int] = None  # global_step of that evaluation
+    last_ema_top1: Optional[float] = None  # of the EMA weights in that evaluation
     nan_steps: int = 0  # consecutive non-finite steps
 
 
@@ -54,6 +56,7 @@ class Trainer:
     steps_per_epoch: int
     total_steps: int
     state: TrainState = dataclasses.field(default_factory=TrainState)
+    ema: Any = None  # ema.Ema when EMA is on (EMA.decay set)
 
     # What tests and tools inspect, named as in the logs.
     cfg = property(lambda self: self.ctx.cfg)
@@ -149,9 +152,10 @@ def build_trainer(cfg):
     """A Trainer ready to run: set up, built, and resumed from Global.checkpoint if given."""
     ctx = setup_run(cfg, "train")
     g = cfg.Global
-    loaded = None
+    loaded = prefix = None
     if g.checkpoint:
-        loaded = checkpoint.load_resume(g.checkpoint, log=ctx.logger.warning)
+        prefix = checkpoint.resume_prefix(g.checkpoint, log=ctx.logger.warning)
+        loaded = checkpoint.read_set(prefix)
         ctx = _adopt_checkpoint_run(cfg, ctx, loaded[2], g.checkpoint)
     model = build_model(cfg, ctx)
     if cfg.DistributedStrategy.get("sharding"):
@@ -171,13 +175,27 @@ def build_trainer(cfg):
     model, dp_model, wrapper = _optim_wrapper(cfg, ctx, model, lr_scheduler, g.accum_steps)
     t = Trainer(ctx, model, dp_model, data, loss, metric, eval_parts, lr_scheduler, wrapper,
                 steps_per_epoch, total_steps)
+    _restore(t, loaded, prefix)
+    commit_run(t.ctx, "train")  # built: only now the output directory gets files
+    return t
+
+
+def _restore(t, loaded, prefix):
+    """Resume `t` from the set read at `prefix` (if any); the EMA starts from the weights the
+    run continues with, then takes the set's EMA weights."""
+    g, ctx = t.cfg.Global, t.ctx
     if loaded is not None:
         checkpoint.restore(t, loaded, f"Global.checkpoint {g.checkpoint}")
+    t.ema = ema_lib.build(t.cfg.EMA, t.model, t.optim.optimizer)
+    if t.ema is not None:
+        ctx.logger.info(f"EMA of the weights: decay {t.ema.decay:g}"
+                        + (" (min(decay, (1+n)/(10+n)) after n updates)" if t.ema.thres_steps else ""))
+    if loaded is not None:
+        checkpoint.restore_ema(t, checkpoint.read_ema(prefix, loaded[2]), loaded[2],
+                               f"Global.checkpoint {g.checkpoint}")
         best = "no evaluation yet" if t.best_top1 is None else f"best top1 {t.best_top1:.4f}"
         ctx.logger.info(f"resumed from {g.checkpoint}: epoch {t.epoch}, step {t.global_step}, "
                         f"{best}")
-    commit_run(t.ctx, "train")  # built: only now the output directory gets files
-    return t
 
 
 def build_evaluation(cfg):
