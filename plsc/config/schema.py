@@ -4,7 +4,7 @@ Component sections (Model, Optimizer, ...) have no table here: their schema is t
 of the registered component (see plsc/config/types.py). Types use the same annotation forms
 (`Annotated[int, ge(1)]` for a range, `Literal[...]` for a choice).
 """
-from typing import Annotated, Any, List, Literal, NamedTuple, Optional
+from typing import Annotated, Any, List, Literal, NamedTuple, Optional, Union
 
 from .types import between, ge
 
@@ -27,6 +27,14 @@ GRAD_SCALER_SCHEMA = {
     "incr_every_n_steps": Field(PositiveInt, 1000),
     "decr_every_n_nan_or_inf": Field(PositiveInt, 2),
     "use_dynamic_loss_scaling": Field(bool, True),
+}
+
+# PLSC's form of DistributedStrategy.recompute (`true` is interval 1, no names): recompute
+# blocks 0, K, 2K, ... (K = layerlist_interval; 0: none by interval) plus the sublayers named
+# in `names` (e.g. blocks.11). The model checks the names (set_grad_checkpointing).
+RECOMPUTE_SCHEMA = {
+    "layerlist_interval": Field(Count, 1),
+    "names": Field(List[str], []),
 }
 
 SHARDING_SCHEMA = {
@@ -87,7 +95,7 @@ FIXED_SECTIONS = {
         # so the key is validated to be true and changes nothing; `false` is refused instead of
         # being silently ignored.
         "data_parallel": Field(Literal[True], True),
-        "recompute": Field(bool, False),
+        "recompute": Field(Union[bool, dict], False, keys=RECOMPUTE_SCHEMA),
         "sharding": Field(Optional[dict], None, keys=SHARDING_SCHEMA),
     },
     "Export": {

@@ -161,6 +161,8 @@ class _Validator:
         if field.keys is not None:
             if value is None and coerce(None, field.type) is None:
                 return None
+            if not isinstance(value, dict) and coerce(value, field.type) not in (NO, None):
+                return coerce(value, field.type)  # the plain form of a union (recompute: true)
             return self.fixed(value, field.keys, path)
         return self.typed(value, field.type, path)
 

@@ -80,8 +80,14 @@ def build_model(cfg, ctx):
         load_pretrained(model, g.pretrained_model, finetune=g.finetune,
                         pos_embed_interp=g.pos_embed_interp, log=ctx.logger.info,
                         source="Global.pretrained_model")
-    if cfg.DistributedStrategy.recompute:
-        model.set_grad_checkpointing(True)
+    recompute = cfg.DistributedStrategy.recompute
+    if recompute:  # true, or PLSC's {layerlist_interval, names}
+        form = recompute if isinstance(recompute, dict) else {}
+        try:
+            model.set_grad_checkpointing(True, form.get("layerlist_interval", 1),
+                                         form.get("names", ()))
+        except ConfigError as e:
+            raise ConfigError(f"DistributedStrategy.recompute.names: {e}") from None
     return model
 
 
