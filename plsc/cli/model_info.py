@@ -4,6 +4,10 @@
     python tools/model_info.py -c configs/x.yaml [-o ...]    the config's Model section
     python tools/model_info.py configs/x.yaml --img-size 384
     python tools/model_info.py [--all]                       table of every named model
+    python tools/model_info.py ViT_large_patch16_224 --memory --batch-size 64 --precision O2 \
+        --sharding-stage 2 --sharding-degree 8 [--recompute] [--device-memory 80GB]
+                                         per-device training memory, and the largest
+                                         micro-batch that fits (plsc/memory_plan.py)
 
 FLOPs are multiply-accumulates (GMACs) of one image at the model's (or --img-size) resolution:
 patch-embedding conv (+ the ResNet stem of hybrids), qkv, attention Q K^T and A V, attention
@@ -14,6 +18,9 @@ import os
 import sys
 
 from ..errors import ConfigError
+from ..memory_plan import (ATTN_IMPLS, MOMENTS, OVERHEAD_FIXED, OVERHEAD_FRACTION, PRECISIONS,
+                           max_batch, memory_plan, parse_size, usable_bytes)
+from ..vit_spec import spec_from_kwargs
 from .common import run
 
 COUNTED = ("GMACs = multiply-accumulates per image: patch embed conv (+ ResNet stem), qkv, "
@@ -52,6 +59,45 @@ def table(infos):
     return lines
 
 
+def _size(n):
+    return f"{n / 2**30:8.2f} GiB" if n >= 2**30 else f"{n / 2**20:8.1f} MiB"
+
+
+def memory_report(info, args):
+    """The memory plan of `info`'s model under the command line's settings, as lines."""
+    spec = info["spec"]
+    rates = tuple(float(spec.get(k) or 0.0)
+                  for k in ("drop_rate", "attn_drop_rate", "drop_path_rate"))
+    device = parse_size(args.device_memory)
+    kw = dict(precision=args.precision, optimizer=args.optimizer,
+              sharding_stage=args.sharding_stage, sharding_degree=args.sharding_degree,
+              recompute=args.recompute, attn_impl=args.attn_impl, rates=rates)
+    arch = spec_from_kwargs(spec)
+    plan = memory_plan(arch, args.batch_size, **kw)
+    shard = (f"sharding stage {plan['sharding_stage']} x {plan['sharding_degree']}"
+             if plan["sharding_stage"] else "no sharding")
+    parts = plan["activation_parts"]
+    best = max_batch(arch, device, **kw)
+    usable = usable_bytes(device)
+    verdict = "fits" if plan["total"] <= usable else "does NOT fit"
+    return [
+        f"{info['name']} @ {info['img_size']}px: {plan['num_params']:,} params; micro-batch "
+        f"{plan['batch_size']} per device, {plan['precision']}, {plan['optimizer']}, {shard}, "
+        f"recompute {'on' if plan['recompute'] else 'off'}, attention {plan['attn_impl']}",
+        f"  parameters        {_size(plan['params'])}",
+        f"  gradients         {_size(plan['grads'])}",
+        f"  master weights    {_size(plan['master'])}  (fp32 copies, O2/bf16)",
+        f"  optimizer moments {_size(plan['moments'])}",
+        f"  activations       {_size(plan['activations'])}  (blocks {_size(parts['blocks']).strip()}"
+        f", outside blocks {_size(parts['outside']).strip()}, backward working set "
+        f"{_size(parts['working']).strip()})",
+        f"  total             {_size(plan['total'])}",
+        f"  device {args.device_memory.strip()}: {_size(usable).strip()} usable after the "
+        f"overhead allowance ({OVERHEAD_FIXED / 2**30:.1f} GiB CUDA context/workspaces + "
+        f"{OVERHEAD_FRACTION:.0%} fragmentation): {verdict}; largest micro-batch {best}",
+    ]
+
+
 def _model_section(target, overrides):
     """The Model section named by a config path, or {'name': target}."""
     if target.endswith((".yaml", ".yml")) or os.path.isfile(target):
@@ -63,19 +109,37 @@ def _model_section(target, overrides):
     return {"name": target}
 
 
+def _parser():
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("target", nargs="?", metavar="NAME|CONFIG",
+                        help="a registered model name or a config file")
+    parser.add_argument("-c", "--config", help="config file (same as giving it as NAME)")
+    parser.add_argument("-o", "--override", action="extend", nargs="+", default=[],
+                        metavar="KEY=VALUE", help="config overrides (with a config)")
+    parser.add_argument("--img-size", type=int, help="count at this resolution")
+    parser.add_argument("--all", action="store_true", help="table of every named model")
+    parser.add_argument("--debug", action="store_true")
+    mem = parser.add_argument_group("memory planner (--memory)")
+    mem.add_argument("--memory", action="store_true",
+                     help="per-device training memory instead of the parameter/FLOP report")
+    mem.add_argument("--batch-size", type=int, default=1, help="micro-batch per device")
+    mem.add_argument("--precision", default="fp32", choices=PRECISIONS,
+                     help="fp32, O1 (fp16 compute, fp32 weights), O2 (fp16 weights + fp32 "
+                          "master), bf16 (as O2 in bfloat16)")
+    mem.add_argument("--optimizer", default="AdamW", choices=tuple(MOMENTS))
+    mem.add_argument("--sharding-stage", type=int, default=0, help="0 (none), 1, 2 or 3")
+    mem.add_argument("--sharding-degree", type=int, default=1)
+    mem.add_argument("--recompute", action="store_true", help="recompute every block")
+    mem.add_argument("--attn-impl", default="auto", choices=ATTN_IMPLS,
+                     help="auto: flash attention in half precision, math in fp32")
+    mem.add_argument("--device-memory", default="80GB", help="e.g. 80GB, 40GiB (default 80GB)")
+    return parser
+
+
 def main(argv=None):
     def _main():
-        parser = argparse.ArgumentParser(
-            description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-        parser.add_argument("target", nargs="?", metavar="NAME|CONFIG",
-                            help="a registered model name or a config file")
-        parser.add_argument("-c", "--config", help="config file (same as giving it as NAME)")
-        parser.add_argument("-o", "--override", action="extend", nargs="+", default=[],
-                            metavar="KEY=VALUE", help="config overrides (with a config)")
-        parser.add_argument("--img-size", type=int, help="count at this resolution")
-        parser.add_argument("--all", action="store_true", help="table of every named model")
-        parser.add_argument("--debug", action="store_true")
-        args = parser.parse_args(argv)
+        args = _parser().parse_args(argv)
         from ..flops import model_info, named_models
 
         target = args.config or args.target
@@ -83,6 +147,8 @@ def main(argv=None):
             raise ConfigError(f"--img-size must be a positive integer, got {args.img_size}")
         if target and args.config and args.target:
             raise ConfigError("give either NAME|CONFIG or -c CONFIG, not both")
+        if args.memory and (args.all or not target):
+            raise ConfigError("--memory needs one model: a name or a config file")
         if args.all or not target:
             infos = []
             for name in named_models():
@@ -92,8 +158,8 @@ def main(argv=None):
                     infos.append((name, str(e)))
             print("\n".join(table(infos)))
             return 0
-        print("\n".join(describe(model_info(_model_section(target, args.override),
-                                            args.img_size))))
+        info = model_info(_model_section(target, args.override), args.img_size)
+        print("\n".join(memory_report(info, args) if args.memory else describe(info)))
         return 0
 
     return run(_main, argv if argv is not None else sys.argv)
