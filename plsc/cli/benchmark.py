@@ -6,6 +6,8 @@
     python tools/benchmark.py inference --model ViT_tiny_patch16_224 --batch-size 8
         inference images/s of the dygraph model, the exported fp32 predictor (oneDNN) and the
         bf16 predictor where the CPU supports it, with ratios vs dygraph.
+    python tools/benchmark.py memory [--models ...] [--batch-sizes 4 16]
+        the memory planner's estimate vs the measured peak of one training step (CPU, fp32).
 Other sections live beside these; `--help` lists them.
 """
 import argparse
@@ -15,6 +17,7 @@ import sys
 import tempfile
 import time
 
+from .bench_memory import add_parser as add_memory_parser, bench_memory
 from .common import run, use_all_cores
 
 
@@ -174,7 +177,8 @@ def bench_convert(args):
     print(f"  round trip npz -> paddle -> npz bitwise identical: {r['roundtrip_bitwise']}")
 
 
-SECTIONS = {"train": bench_train, "inference": bench_inference, "convert": bench_convert}
+SECTIONS = {"train": bench_train, "inference": bench_inference, "convert": bench_convert,
+            "memory": bench_memory}
 
 
 def main(argv=None):
@@ -202,6 +206,7 @@ def main(argv=None):
         c = sub.add_parser("convert", help="npz <-> paddle conversion time and peak memory "
                                            "for a full-size ViT-B/16")
         c.add_argument("--debug", action="store_true")
+        add_memory_parser(sub)
         args = parser.parse_args(argv)
         use_all_cores()
         SECTIONS[args.section](args)
