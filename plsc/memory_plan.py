@@ -130,14 +130,17 @@ def outside_tensors(spec, batch, precision="fp32", drop=0.0):
 def activation_bytes(spec, batch, precision="fp32", recompute=False, attn_impl="auto",
                      rates=(0.0, 0.0, 0.0)):
     """{'blocks', 'outside', 'working', 'total'} activation bytes of one step at `batch`.
-    With recompute every block keeps only its input; the backward reruns one block at a time,
-    whose full set then exists once."""
+    `recompute`: False, True (every block) or K (blocks 0, K, 2K, ..., as the model's
+    set_grad_checkpointing(interval=K)). A recomputed block keeps only its input; the backward
+    reruns one block at a time, whose full set then exists once."""
     impl = resolve_attn_impl(attn_impl, precision)
     one_block = sum(b for _, b in block_tensors(spec, batch, precision, impl, rates))
     # What recompute keeps of a block: its input, in the residual stream's dtype (the
     # parameters' dtype: half under O2/bf16, fp32 under O1, where residual adds promote).
     block_input = _dtypes(precision)[1] * batch * spec.num_tokens * spec.embed_dim
-    blocks = (spec.depth * block_input + one_block) if recompute else spec.depth * one_block
+    interval = int(recompute)
+    n_rc = -(-spec.depth // interval) if interval > 0 else 0
+    blocks = n_rc * block_input + (spec.depth - n_rc) * one_block + (one_block if n_rc else 0)
     outside = sum(b for _, b in outside_tensors(spec, batch, precision, rates[0]))
     working = working_set(spec, batch, precision, impl)
     return {"blocks": blocks, "outside": outside, "working": working,
@@ -195,6 +198,31 @@ def memory_plan(spec, batch_size, precision="fp32", optimizer="AdamW", sharding_
             "batch_size": batch_size, "precision": precision, "optimizer": optimizer,
             "sharding_stage": sharding_stage, "sharding_degree": sharding_degree,
             "recompute": recompute, "attn_impl": acts["attn_impl"]}
+
+
+def settings_from_config(cfg):
+    """memory_plan keywords (and 'batch_size') a validated config implies: the per-device
+    micro-batch, FP16 level/dtype, optimizer, sharding and recompute interval (blocks named in
+    recompute.names on top of the interval are not counted: the estimate errs high)."""
+    from .data.loader import micro_batch_size
+
+    fp16, strategy, g = cfg["FP16"], cfg["DistributedStrategy"], cfg["Global"]
+    precision = {"O0": "fp32", "O1": "O1", "O2": "O2"}[fp16["level"]]
+    if precision == "O2" and fp16["dtype"] == "bfloat16":
+        precision = "bf16"
+    sharding = strategy.get("sharding") or {}
+    recompute = strategy["recompute"]
+    if isinstance(recompute, dict):
+        recompute = recompute["layerlist_interval"]
+    out = {"precision": precision, "optimizer": (cfg.get("Optimizer") or {}).get("name", "AdamW"),
+           "sharding_stage": sharding.get("sharding_stage", 0) if sharding else 0,
+           "sharding_degree": sharding.get("sharding_degree", 1) if sharding else 1,
+           "recompute": int(recompute)}
+    sampler = (((cfg.get("DataLoader") or {}).get("Train") or {}).get("sampler") or {})
+    if isinstance(sampler.get("batch_size"), int):
+        out["batch_size"] = micro_batch_size(sampler["batch_size"], g["accum_steps"],
+                                             "DataLoader.Train")
+    return out
 
 
 def usable_bytes(device_bytes):

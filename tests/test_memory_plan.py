@@ -114,6 +114,34 @@ def test_recompute_keeps_block_inputs_plus_one_block():
     assert rc["blocks"] == 12 * 4 * b * spec.num_tokens * spec.embed_dim + one
 
 
+def test_recompute_interval_counts_every_kth_block():
+    spec, b = VARIANTS["ViT_small_patch16_224"].spec, 4
+    one = sum(x for _, x in mp.block_tensors(spec, b))
+    rc = mp.activation_bytes(spec, b, recompute=5, attn_impl="math")  # blocks 0, 5, 10
+    assert rc["blocks"] == 3 * 4 * b * spec.num_tokens * spec.embed_dim + 9 * one + one
+
+
+def test_settings_from_a_config(tmp_path):
+    from plsc.config import get_config
+    from tiny import tiny_config
+
+    path = tiny_config(tmp_path, tmp_path / "shapes", batch_size=8)
+    assert mp.settings_from_config(get_config(path)) == {
+        "precision": "fp32", "optimizer": "Momentum", "sharding_stage": 0,
+        "sharding_degree": 1, "recompute": 0, "batch_size": 8}
+    cfg = get_config(path, ["FP16.level=O2", "FP16.dtype=bfloat16", "Global.accum_steps=4",
+                            "DistributedStrategy.sharding={sharding_stage: 2, sharding_degree: 4}",
+                            "DistributedStrategy.recompute={layerlist_interval: 3}"])
+    assert mp.settings_from_config(cfg) == {
+        "precision": "bf16", "optimizer": "Momentum", "sharding_stage": 2, "sharding_degree": 4,
+        "recompute": 3, "batch_size": 2}
+    r = run_tool("model_info", [path, "--memory", "-o", "FP16.level=O1",
+                                "DistributedStrategy.recompute=True", "--batch-size", "3"])
+    assert r.returncode == 0, r.stderr
+    assert ("micro-batch 3 per device, O1, Momentum, no sharding, recompute on"
+            in r.stdout.splitlines()[0])
+
+
 def test_parse_size():
     assert mp.parse_size("80GB") == 80 * 10**9
     assert mp.parse_size("40 GiB") == 40 * 2**30

@@ -19,7 +19,8 @@ import sys
 
 from ..errors import ConfigError
 from ..memory_plan import (ATTN_IMPLS, MOMENTS, OVERHEAD_FIXED, OVERHEAD_FRACTION, PRECISIONS,
-                           max_batch, memory_plan, parse_size, usable_bytes)
+                           max_batch, memory_plan, parse_size, settings_from_config,
+                           usable_bytes)
 from ..vit_spec import spec_from_kwargs
 from .common import run
 
@@ -63,17 +64,21 @@ def _size(n):
     return f"{n / 2**30:8.2f} GiB" if n >= 2**30 else f"{n / 2**20:8.1f} MiB"
 
 
-def memory_report(info, args):
-    """The memory plan of `info`'s model under the command line's settings, as lines."""
+def _recompute(interval):
+    k = int(interval)
+    return {0: "off", 1: "on"}.get(k, f"on for blocks 0, {k}, {2 * k}, ...")
+
+
+def memory_report(info, settings, attn_impl="auto", device_memory="80GB"):
+    """The memory plan of `info`'s model under `settings` (plan_settings), as lines."""
     spec = info["spec"]
     rates = tuple(float(spec.get(k) or 0.0)
                   for k in ("drop_rate", "attn_drop_rate", "drop_path_rate"))
-    device = parse_size(args.device_memory)
-    kw = dict(precision=args.precision, optimizer=args.optimizer,
-              sharding_stage=args.sharding_stage, sharding_degree=args.sharding_degree,
-              recompute=args.recompute, attn_impl=args.attn_impl, rates=rates)
+    device = parse_size(device_memory)
+    kw = {k: v for k, v in settings.items() if k != "batch_size"}
+    kw.update(attn_impl=attn_impl, rates=rates)
     arch = spec_from_kwargs(spec)
-    plan = memory_plan(arch, args.batch_size, **kw)
+    plan = memory_plan(arch, settings["batch_size"], **kw)
     shard = (f"sharding stage {plan['sharding_stage']} x {plan['sharding_degree']}"
              if plan["sharding_stage"] else "no sharding")
     parts = plan["activation_parts"]
@@ -83,7 +88,7 @@ def memory_report(info, args):
     return [
         f"{info['name']} @ {info['img_size']}px: {plan['num_params']:,} params; micro-batch "
         f"{plan['batch_size']} per device, {plan['precision']}, {plan['optimizer']}, {shard}, "
-        f"recompute {'on' if plan['recompute'] else 'off'}, attention {plan['attn_impl']}",
+        f"recompute {_recompute(plan['recompute'])}, attention {plan['attn_impl']}",
         f"  parameters        {_size(plan['params'])}",
         f"  gradients         {_size(plan['grads'])}",
         f"  master weights    {_size(plan['master'])}  (fp32 copies, O2/bf16)",
@@ -92,21 +97,35 @@ def memory_report(info, args):
         f", outside blocks {_size(parts['outside']).strip()}, backward working set "
         f"{_size(parts['working']).strip()})",
         f"  total             {_size(plan['total'])}",
-        f"  device {args.device_memory.strip()}: {_size(usable).strip()} usable after the "
+        f"  device {device_memory.strip()}: {_size(usable).strip()} usable after the "
         f"overhead allowance ({OVERHEAD_FIXED / 2**30:.1f} GiB CUDA context/workspaces + "
         f"{OVERHEAD_FRACTION:.0%} fragmentation): {verdict}; largest micro-batch {best}",
     ]
 
 
-def _model_section(target, overrides):
-    """The Model section named by a config path, or {'name': target}."""
+def _load(target, overrides):
+    """(Model section, the whole validated config or None) of a config path or a model name."""
     if target.endswith((".yaml", ".yml")) or os.path.isfile(target):
         from ..config import get_config
 
-        return dict(get_config(target, overrides).Model)
+        cfg = get_config(target, overrides)
+        return dict(cfg.Model), cfg
     if overrides:
         raise ConfigError("-o overrides need a config file (model_info -c CONFIG -o ...)")
-    return {"name": target}
+    return {"name": target}, None
+
+
+# Planner settings: built-in defaults, then the config's (when one is given), then the flags.
+PLAN_DEFAULTS = {"batch_size": 1, "precision": "fp32", "optimizer": "AdamW",
+                 "sharding_stage": 0, "sharding_degree": 1, "recompute": 0}
+
+
+def plan_settings(args, cfg):
+    settings = dict(PLAN_DEFAULTS)
+    if cfg is not None:
+        settings.update(settings_from_config(cfg))
+    settings.update({k: getattr(args, k) for k in PLAN_DEFAULTS if getattr(args, k) is not None})
+    return settings
 
 
 def _parser():
@@ -123,14 +142,16 @@ def _parser():
     mem = parser.add_argument_group("memory planner (--memory)")
     mem.add_argument("--memory", action="store_true",
                      help="per-device training memory instead of the parameter/FLOP report")
-    mem.add_argument("--batch-size", type=int, default=1, help="micro-batch per device")
-    mem.add_argument("--precision", default="fp32", choices=PRECISIONS,
+    mem.add_argument("--batch-size", type=int, help="micro-batch per device (default: the "
+                     "config's batch_size / accum_steps, else 1)")
+    mem.add_argument("--precision", choices=PRECISIONS,
                      help="fp32, O1 (fp16 compute, fp32 weights), O2 (fp16 weights + fp32 "
-                          "master), bf16 (as O2 in bfloat16)")
-    mem.add_argument("--optimizer", default="AdamW", choices=tuple(MOMENTS))
-    mem.add_argument("--sharding-stage", type=int, default=0, help="0 (none), 1, 2 or 3")
-    mem.add_argument("--sharding-degree", type=int, default=1)
-    mem.add_argument("--recompute", action="store_true", help="recompute every block")
+                          "master), bf16 (as O2 in bfloat16); default: the config's FP16")
+    mem.add_argument("--optimizer", choices=tuple(MOMENTS))
+    mem.add_argument("--sharding-stage", type=int, help="0 (none), 1, 2 or 3")
+    mem.add_argument("--sharding-degree", type=int)
+    mem.add_argument("--recompute", type=int, nargs="?", const=1, metavar="K",
+                     help="recompute every block (or every K-th; 0: off)")
     mem.add_argument("--attn-impl", default="auto", choices=ATTN_IMPLS,
                      help="auto: flash attention in half precision, math in fp32")
     mem.add_argument("--device-memory", default="80GB", help="e.g. 80GB, 40GiB (default 80GB)")
@@ -158,8 +179,10 @@ def main(argv=None):
                     infos.append((name, str(e)))
             print("\n".join(table(infos)))
             return 0
-        info = model_info(_model_section(target, args.override), args.img_size)
-        print("\n".join(memory_report(info, args) if args.memory else describe(info)))
+        model, cfg = _load(target, args.override)
+        info = model_info(model, args.img_size)
+        print("\n".join(memory_report(info, plan_settings(args, cfg), args.attn_impl,
+                                       args.device_memory) if args.memory else describe(info)))
         return 0
 
     return run(_main, argv if argv is not None else sys.argv)
