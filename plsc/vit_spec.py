@@ -228,6 +228,12 @@ VARIANTS = {
                                 "R50+ViT-B/16, 224 px (98,659,112 params with 1000 classes).",
                                 resnet_layers=R50_LAYERS),
     "ViT_base_r50_s16_384": vit("base", 16, 384, resnet_layers=R50_LAYERS),
+    # DeiT (Touvron et al. 2021) models are these ViTs (class token, no pre-logits layer) trained
+    # with the DeiT recipe; PLSC's names, so its DeiT configs build them unchanged.
+    "DeiT_tiny_patch16_224": vit("tiny", 16, 224, "DeiT-Ti/16 (a ViT-Ti/16), 224 px."),
+    "DeiT_small_patch16_224": vit("small", 16, 224, "DeiT-S/16 (a ViT-S/16), 224 px."),
+    "DeiT_base_patch16_224": vit("base", 16, 224, "DeiT-B/16 (a ViT-B/16), 224 px."),
+    "DeiT_base_patch16_384": vit("base", 16, 384, "DeiT-B/16 (a ViT-B/16), 384 px."),
     # NOT an official model: a small quick-start variant for 32 px data (8x8 patches of 4 px,
     # width 96, 4 blocks, 3 heads), sized so 2 CPU processes train it on SyntheticShapes in
     # under 4 minutes; ViT-Ti's width and depth would be ~7x slower there.

@@ -32,7 +32,8 @@ def test_plsc_recipe_values_survive_layering():
     cfg = get_config(os.path.join(ROOT, "configs/ViT_base_patch16_224_in1k_1n8c_dp_fp16o2.yaml"))
     assert cfg.LRScheduler.learning_rate == 3e-3 and isinstance(cfg.LRScheduler.learning_rate, float)
     assert cfg.Optimizer.betas == [0.9, 0.999]
-    assert cfg.DataLoader.Train.sampler.batch_size * 8 * cfg.Global.accum_steps == 4096
+    # PLSC's meaning: batch_size per device per optimizer step, split into accum_steps micro-batches
+    assert cfg.DataLoader.Train.sampler.batch_size * 8 == 4096 and cfg.Global.accum_steps == 2
     norm = cfg.DataLoader.Train.dataset.transform_ops[3].NormalizeImage
     assert norm.scale == pytest.approx(1 / 255)
     assert cfg.DataLoader.Train.dataset.transform_ops[4] == {"ToCHWImage": None}

@@ -39,7 +39,7 @@ def train(path, *overrides):
 
 
 def test_accum_2_equals_double_batch(tmp_path, data_root):
-    a = tiny_config(tmp_path / "a", data_root, batch_size=4, **{"Global.accum_steps": 2,
+    a = tiny_config(tmp_path / "a", data_root, batch_size=8, **{"Global.accum_steps": 2,
                                                                 "Global.max_train_step": 3})
     b = tiny_config(tmp_path / "b", data_root, batch_size=8, **{"Global.max_train_step": 3})
     ea, eb = train(a), train(b)
@@ -208,7 +208,7 @@ def test_batch_larger_than_dataset_is_one_clear_error(tmp_path, data_root):
     r = run_tool("train", ["-c", path])
     assert r.returncode == 2
     err = [line for line in r.stderr.splitlines() if line.startswith("error:")]
-    assert err == ["error: DataLoader.Train: 32 samples make 0 batch(es) of 64 per device on 1 "
+    assert err == ["error: DataLoader.Train: 32 samples make 0 micro-batch(es) of 64 per device on 1 "
                    "device(s); accum_steps=1 needs at least that many: lower the batch size or "
                    "accum_steps"]
     assert "Traceback" not in r.stderr
@@ -247,3 +247,19 @@ def test_temp_files_of_a_process_killed_mid_write_are_removed_by_the_next_save(t
     ckpt.save(engine, "latest")
     assert not stale.exists()
     assert ckpt.torn_reason(str(out / "latest")) is None
+
+
+def test_batch_size_is_split_into_accum_micro_batches_and_must_divide(tmp_path, data_root):
+    # PLSC's meaning: batch_size per device per optimizer step, split into accum_steps pieces
+    path = tiny_config(tmp_path, data_root, batch_size=6, **{"Global.accum_steps": 4})
+    r = run_tool("train", ["-c", path])
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    err = [line for line in r.stderr.splitlines() if line.startswith("error:")]
+    assert err == ["error: DataLoader.Train.sampler.batch_size: 6 is the batch per device per "
+                   "optimizer step (PLSC's meaning), split into Global.accum_steps=4 micro-batches: "
+                   "expected a multiple of 4"]
+    ok = tiny_config(tmp_path / "ok", data_root, batch_size=8, **{"Global.accum_steps": 4,
+                                                                   "Global.max_train_step": 1})
+    r = run_tool("train", ["-c", ok])
+    assert r.returncode == 0, r.stderr
+    assert "global batch 8 (8 per device in 4 micro-batches of 2, 1 device(s))" in r.stdout + r.stderr

@@ -92,7 +92,7 @@ def reference(tmp_path_factory, data_root):
 
 def test_accumulation_averages_micro_batches_unclipped(tmp_path, data_root, reference):
     ref, doubled = reference
-    path = tiny_config(tmp_path, data_root, batch_size=4, **dict(UNCLIPPED, **{
+    path = tiny_config(tmp_path, data_root, batch_size=8, **dict(UNCLIPPED, **{
         "Global.accum_steps": 2}))
     run_engine(path)
     got = weights(tmp_path)
@@ -157,9 +157,10 @@ def vit_lr(t, base, warmup, total):
 
 
 def test_each_optimizer_step_uses_the_schedule_from_step_0(tmp_path, data_root, monkeypatch):
-    # 32 images, batch 2 x accum 2: 8 optimizer steps per epoch (16 micro-batches), 2 epochs
+    # 32 images, batch 4 in accum 2 micro-batches of 2: 8 optimizer steps per epoch
+    # (16 micro-batches), 2 epochs
     base, warmup, epochs, steps_per_epoch = 0.1, 3, 2, 8
-    path = tiny_config(tmp_path / "run", data_root, batch_size=2, epochs=epochs, **{
+    path = tiny_config(tmp_path / "run", data_root, batch_size=4, epochs=epochs, **{
         "Global.accum_steps": 2, "Global.eval_during_train": False,
         "LRScheduler.learning_rate": base, "LRScheduler.warmup_steps": warmup})
     used = []
@@ -232,15 +233,15 @@ def _launch_recording(script, dump, path, overrides, log_dir, nproc=2):
 
 
 def test_two_procs_accum_dropout_ranks_differ_and_resume_mid_epoch_is_exact(tmp_path, data_root):
-    """2 processes x batch 2 x accum 2 with dropout: 4 optimizer steps per epoch. Stop after 2
+    """2 processes x batch 4 in accum 2 micro-batches of 2 with dropout: 4 optimizer steps per epoch. Stop after 2
     (mid-epoch), resume to 6 (crossing into epoch 2): the weights equal the uninterrupted run's
     bitwise, every rank's dropout masks continue exactly where they stopped, and the two ranks
     never draw the same masks (each rank has its own RNG stream)."""
     script = tmp_path / "record_dropout.py"
     script.write_text(DROPOUT_RECORDER)
     cfg = {"Global.accum_steps": 2, "Model.drop_rate": 0.1, "Global.eval_during_train": False}
-    full = tiny_config(tmp_path / "full", data_root, batch_size=2, **cfg)
-    part = tiny_config(tmp_path / "part", data_root, batch_size=2, **cfg)
+    full = tiny_config(tmp_path / "full", data_root, batch_size=4, **cfg)
+    part = tiny_config(tmp_path / "part", data_root, batch_size=4, **cfg)
     m_full = _launch_recording(script, tmp_path / "full_masks", full, ["Global.max_train_step=6"],
                                tmp_path / "log_full")
     m_part = _launch_recording(script, tmp_path / "part_masks", part, ["Global.max_train_step=2"],

@@ -152,10 +152,10 @@ def test_finetune_through_train_tool_resizes_pos_embed_and_reinits_head(tmp_path
 
 # ----------------------------------------------------------------------------- evaluation / saving
 def test_eval_every_n_optimizer_steps_and_epoch_checkpoints_every_save_interval(tmp_path):
-    # 16 images, batch 4, accum 2: 2 optimizer steps per epoch, 12 in 6 epochs. Evaluations
+    # 16 images, batch 8 in accum 2 micro-batches of 4: 2 optimizer steps per epoch, 12 in 6 epochs. Evaluations
     # every 3 optimizer steps (3, 6, 9, 12: two of them mid-epoch); epoch_N every 2nd epoch,
     # of which the newest 2 are kept.
-    path = tiny_config(tmp_path, tmp_path / "shapes", train_size=16, epochs=6, **{
+    path = tiny_config(tmp_path, tmp_path / "shapes", train_size=16, epochs=6, batch_size=8, **{
         "Global.accum_steps": 2, "Global.eval_unit": "step", "Global.eval_interval": 3,
         "Global.save_interval": 2, "Global.max_num_latest_checkpoint": 2})
     _ok(run_tool("train", ["-c", path]))

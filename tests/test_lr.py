@@ -1,5 +1,6 @@
 """LR schedules: exact values against the formulas recomputed here with python math."""
 import math
+import re
 
 import pytest
 
@@ -169,3 +170,32 @@ def test_config_errors_are_one_line(cfg, message):
 def test_zero_steps_per_epoch_is_a_config_error():
     with pytest.raises(ConfigError, match="steps_per_epoch"):
         build_lr_scheduler({"name": "ViTLRScheduler", "learning_rate": 0.1}, 2, 0)
+
+
+# ---- learning rate given per base batch (DeiT's 5e-4 per 512), scaled to the run's global batch
+def test_lr_per_base_batch_scales_with_devices_and_reaches_the_optimizer(tmp_path):
+    from tests.tiny import run_tool, tiny_config, worker_logs
+
+    lr_cfg = {"name": "Constant", "learning_rate": 0.05, "base_batch_size": 4}
+    # 2 processes x batch 4 = global batch 8: lr 0.05 x 8 / 4 = 0.1
+    path = tiny_config(tmp_path, tmp_path / "shapes", batch_size=4, **{
+        "LRScheduler": lr_cfg, "Global.max_train_step": 2, "Global.eval_during_train": False})
+    r = run_tool("train", ["-c", path], nproc=2, log_dir=tmp_path / "logs")
+    assert r.returncode == 0, r.stderr + worker_logs(tmp_path / "logs")
+    log = open(tmp_path / "out/VisionTransformer/train.log").read()
+    assert ("learning rate 0.1 = LRScheduler.learning_rate 0.05 x global batch 8 / "
+            "base_batch_size 4") in log
+    # the per-step lines show the lr the optimizer steps used
+    used = [float(m) for m in re.findall(r"\[Train\]\[Epoch.*?lr: ([0-9.e+-]+)", log)]
+    assert len(used) == 2 and all(abs(v - 0.1) <= 1e-9 for v in used), log
+
+
+def test_base_batch_size_is_validated(tmp_path):
+    from plsc.config import get_config
+    from tests.tiny import tiny_config
+
+    path = tiny_config(tmp_path, tmp_path / "shapes", **{
+        "LRScheduler": {"name": "Constant", "learning_rate": 0.05, "base_batch_size": 0}})
+    with pytest.raises(ConfigError, match=r"^LRScheduler.base_batch_size: expected int >= 1 or null, "
+                                          r"got int 0"):
+        get_config(path)

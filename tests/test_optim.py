@@ -274,7 +274,7 @@ def test_published_plsc_keys_and_runtime_args_hidden():
 
 
 @pytest.mark.parametrize("cfg, message", [
-    ({"name": "AdamW", "eps": 1e-8}, "unknown key 'Optimizer.eps'; did you mean 'Optimizer.epsilon'?"),
+    ({"name": "AdamW", "epsilom": 1e-8}, "unknown key 'Optimizer.epsilom'; did you mean 'Optimizer.epsilon'"),
     ({"name": "Adamw"}, "did you mean 'AdamW'"),
     ({"name": "AdamW", "betas": [0.9]}, "Optimizer.betas: expected list of 2 (float in [0, 1), float in [0, 1)), got list [0.9]"),
     ({"name": "AdamW", "betas": [0.9, 1.0]}, "Optimizer.betas: expected list of 2 (float in [0, 1), float in [0, 1)), got list [0.9, 1.0]"),
@@ -286,12 +286,12 @@ def test_published_plsc_keys_and_runtime_args_hidden():
      "Optimizer.grad_clip.clip_norm: expected float > 0, got int 0"),
     ({"name": "AdamW", "grad_clip": {"name": "ClipGradByGlobalNorm", "clipnorm": 1}},
      "unknown key 'Optimizer.grad_clip.clipnorm'; did you mean 'Optimizer.grad_clip.clip_norm'?"),
-    ({"name": "AdamW", "no_weight_decay_name": ["bias"]},
+    ({"name": "AdamW", "no_weight_decay_name": ["bias", ""]},
      "Optimizer.no_weight_decay_name: expected str of space-separated regular expressions or "
-     "null, got list ['bias']"),
+     "list of str (non-empty substrings) or null, got list ['bias', '']"),
     ({"name": "AdamW", "no_weight_decay_name": "bias fc1("},
      "Optimizer.no_weight_decay_name: expected str of space-separated regular expressions or "
-     "null, got str 'bias fc1('"),
+     "list of str (non-empty substrings) or null, got str 'bias fc1('"),
     ({"name": "AdamW", "grad_clip": {"clip_norm": 1.0}},
      "Optimizer.grad_clip: missing key 'name' (the grad clip to build; registered: "
      "ClipGradByGlobalNorm)"),

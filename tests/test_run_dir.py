@@ -99,7 +99,7 @@ def test_bad_key_and_missing_data_write_nothing(tmp_path):
     assert not os.path.exists(tmp_path / "out")
     # failures while building (after the process group/seed/logger are set up)
     for override, says in (("Global.pretrained_model=/nonexistent/w", "checkpoint not found"),
-                           ("DataLoader.Train.sampler.batch_size=64", "make 0 batch(es)")):
+                           ("DataLoader.Train.sampler.batch_size=64", "make 0 micro-batch(es)")):
         r = run_tool("train", ["-c", cfg, "-o", override])
         assert r.returncode != 0 and says in _last_line(r), _last_line(r)
         assert not os.path.exists(tmp_path / "out")

@@ -315,7 +315,20 @@ OFFICIAL = {
     # 384 is not a multiple of 14: PLSC's 27 x 27 grid, i.e. 378 px input
     "ViT_huge_patch14_384": (378, 14, 1280, 16, 32),
     "ViT_tiny_patch4_32": (32, 4, 96, 3, 4),
+    # DeiT's table (Touvron et al. 2021): Ti/S/B = 192/384/768 wide, 3/6/12 heads, 12 blocks
+    "DeiT_tiny_patch16_224": (224, 16, 192, 3, 12), "DeiT_small_patch16_224": (224, 16, 384, 6, 12),
+    "DeiT_base_patch16_224": (224, 16, 768, 12, 12), "DeiT_base_patch16_384": (384, 16, 768, 12, 12),
 }
+
+
+@pytest.mark.parametrize("name,count", [("DeiT_tiny_patch16_224", 5_717_416),
+                                        ("DeiT_small_patch16_224", 22_050_664),
+                                        ("DeiT_base_patch16_224", 86_567_656)])
+def test_deit_parameter_counts_match_the_published_models(name, count):
+    # the DeiT release's (and timm's deit_*_patch16_224) parameter counts, 1000 classes
+    with paddle.LazyGuard():
+        model = build_model({"name": name})
+    assert sum(int(np.prod(p.shape)) for p in model.parameters()) == count
 
 
 def test_every_official_factory_is_registered():

@@ -6,6 +6,8 @@
     python tools/benchmark.py inference --model ViT_tiny_patch16_224 --batch-size 8
         inference images/s of the dygraph model, the exported fp32 predictor (oneDNN) and the
         bf16 predictor where the CPU supports it, with ratios vs dygraph.
+    python tools/benchmark.py memory [--models ...] [--batch-sizes 4 16]
+        the memory planner's estimate vs the measured peak of one training step (CPU, fp32).
     python tools/benchmark.py data --images 64 --rounds 9
         images/s of one loader worker running the DeiT training transforms, next to a plain
         Pillow pipeline of the same steps (plsc/cli/bench_data.py).
@@ -18,6 +20,8 @@ import sys
 import tempfile
 import time
 
+from .bench_data import add_parser as add_data_parser, bench_data
+from .bench_memory import add_parser as add_memory_parser, bench_memory
 from .common import run, use_all_cores
 
 
@@ -177,14 +181,8 @@ def bench_convert(args):
     print(f"  round trip npz -> paddle -> npz bitwise identical: {r['roundtrip_bitwise']}")
 
 
-def bench_data(args):
-    from .bench_data import bench_data as run_bench
-
-    run_bench(args)
-
-
 SECTIONS = {"train": bench_train, "inference": bench_inference, "convert": bench_convert,
-            "data": bench_data}
+            "memory": bench_memory, "data": bench_data}
 
 
 def main(argv=None):
@@ -212,8 +210,7 @@ def main(argv=None):
         c = sub.add_parser("convert", help="npz <-> paddle conversion time and peak memory "
                                            "for a full-size ViT-B/16")
         c.add_argument("--debug", action="store_true")
-        from .bench_data import add_parser as add_data_parser
-
+        add_memory_parser(sub)
         add_data_parser(sub)
         args = parser.parse_args(argv)
         if args.section != "data":  # a loader worker is one thread: data measures just that

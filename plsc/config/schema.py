@@ -4,9 +4,9 @@ Component sections (Model, Optimizer, ...) have no table here: their schema is t
 of the registered component (see plsc/config/types.py). Types use the same annotation forms
 (`Annotated[int, ge(1)]` for a range, `Literal[...]` for a choice).
 """
-from typing import Annotated, Any, List, Literal, NamedTuple, Optional
+from typing import Annotated, Any, List, Literal, NamedTuple, Optional, Union
 
-from .types import ge
+from .types import between, ge
 
 PositiveInt = Annotated[int, ge(1)]
 Count = Annotated[int, ge(0)]
@@ -29,9 +29,30 @@ GRAD_SCALER_SCHEMA = {
     "use_dynamic_loss_scaling": Field(bool, True),
 }
 
+# PLSC's form of DistributedStrategy.recompute (`true` is interval 1, no names): recompute
+# blocks 0, K, 2K, ... (K = layerlist_interval; 0: none by interval) plus the sublayers named
+# in `names` (e.g. blocks.11). The model checks the names (set_grad_checkpointing).
+RECOMPUTE_SCHEMA = {
+    "layerlist_interval": Field(Count, 1),
+    "names": Field(List[str], []),
+}
+
 SHARDING_SCHEMA = {
     "sharding_stage": Field(PositiveInt, 1),
     "sharding_degree": Field(PositiveInt, 1),
+}
+
+# Weight EMA (plsc/engine/ema.py). PLSC's keys `decay` and `thres_steps`; EMA is on when `decay`
+# is set (so an absent or null section is no EMA). `ema_eval`/`eval_start_epoch`: evaluations
+# during training also evaluate the EMA weights, from epoch `eval_start_epoch` on (1-based, as
+# logged; 0 = from the first), like PaddleClas' Global.start_eval_epoch. `best_model`: which
+# weights' top1 chooses best_model (its .pdparams holds the raw weights, its .pdema the EMA's).
+EMA_SCHEMA = {
+    "decay": Field(Optional[Annotated[float, between(0, 1, lo_open=True, hi_open=True)]], None),
+    "thres_steps": Field(bool, True),
+    "ema_eval": Field(bool, True),
+    "eval_start_epoch": Field(Count, 0),
+    "best_model": Field(Literal["raw", "ema"], "raw"),
 }
 
 FIXED_SECTIONS = {
@@ -74,7 +95,7 @@ FIXED_SECTIONS = {
         # so the key is validated to be true and changes nothing; `false` is refused instead of
         # being silently ignored.
         "data_parallel": Field(Literal[True], True),
-        "recompute": Field(bool, False),
+        "recompute": Field(Union[bool, dict], False, keys=RECOMPUTE_SCHEMA),
         "sharding": Field(Optional[dict], None, keys=SHARDING_SCHEMA),
     },
     "Export": {
@@ -87,6 +108,7 @@ FIXED_SECTIONS = {
         "label_file": Field(Optional[str], None),
         "topk": Field(PositiveInt, 5),
     },
+    "EMA": EMA_SCHEMA,
 }
 
 LOADER_SCHEMA = {
@@ -95,5 +117,5 @@ LOADER_SCHEMA = {
 }
 
 TOP_LEVEL = ("Global", "FP16", "DistributedStrategy", "Model", "Loss", "Metric",
-             "LRScheduler", "Optimizer", "DataLoader", "Export", "Infer")
+             "LRScheduler", "Optimizer", "DataLoader", "Export", "Infer", "EMA")
 SPLITS = ("Train", "Eval")

@@ -10,12 +10,13 @@ Every error is one line: `<Key.path>: expected <type>, got <kind value> (from <o
 import copy
 import inspect
 import typing
+from typing import Annotated, Optional
 
 from ..errors import ConfigError
 from .attrdict import AttrDict
 from .layering import key_str, origin_suffix
 from .schema import FIXED_SECTIONS, LOADER_SCHEMA, SPLITS, TOP_LEVEL
-from .types import NO, closest, coerce, param_annotation, type_name
+from .types import NO, closest, ge, coerce, param_annotation, type_name
 from .values import describe
 
 
@@ -135,8 +136,14 @@ class _Validator:
             return self.splits(value, path, self.data_split)
         registry = self.registry({"Model": "MODELS", "LRScheduler": "LR_SCHEDULERS",
                                   "Optimizer": "OPTIMIZERS"}[key])
-        special = {"grad_clip": self.grad_clip} if key == "Optimizer" else None
+        special = {"Optimizer": {"grad_clip": self.grad_clip},
+                   "LRScheduler": {"base_batch_size": self.base_batch_size}}.get(key)
         return self.component(value, registry, path, special)
+
+    def base_batch_size(self, value, path):
+        """LRScheduler.base_batch_size: learning_rate is given per this many images of global
+        batch (DeiT: 5e-4 per 512); build_lr_scheduler scales it to the run's global batch."""
+        return self.typed(value, Optional[Annotated[int, ge(1)]], path)
 
     def fixed(self, value, schema, path):
         value = self.mapping(value, path)
@@ -154,6 +161,8 @@ class _Validator:
         if field.keys is not None:
             if value is None and coerce(None, field.type) is None:
                 return None
+            if not isinstance(value, dict) and coerce(value, field.type) not in (NO, None):
+                return coerce(value, field.type)  # the plain form of a union (recompute: true)
             return self.fixed(value, field.keys, path)
         return self.typed(value, field.type, path)
 

@@ -9,12 +9,14 @@ from .batch_transforms import Cutmix, Mixup, MixupCutmix, OpSampler, create_batc
 from .datasets import CIFAR10, CIFAR100, ImageFolder, ImageNetDataset, SyntheticShapes
 from .loader import (DataPipeline, build_batch_transform, build_dataloader, build_dataset,
                      collate, iter_batches)
+from .repeated_sampler import RepeatedAugSampler
 from .sampler import DistributedBatchSampler, sample_seeds
 from .transforms import apply_operators, create_operators
 
 __all__ = [
     "CIFAR10", "CIFAR100", "Cutmix", "DataPipeline", "DistributedBatchSampler", "ImageFolder",
-    "ImageNetDataset", "Mixup", "MixupCutmix", "OpSampler", "SyntheticShapes", "apply_operators",
+    "ImageNetDataset", "Mixup", "MixupCutmix", "OpSampler", "RepeatedAugSampler", "SyntheticShapes",
+    "apply_operators",
     "build_batch_transform", "build_dataloader", "build_dataset", "collate",
     "create_batch_transform", "create_operators", "iter_batches",
     "sample_seeds",

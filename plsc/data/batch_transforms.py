@@ -3,7 +3,10 @@
 Call: `bt(images, labels, rng) -> (images, soft_labels)`; images [B, C, H, W], labels int64 [B]
 or already soft/multi-hot float [B, classes]; soft_labels float32 [B, classes]. `rng` is a numpy
 Generator the engine seeds per step, so the mixing is reproducible on resume. Works on paddle
-tensors (the engine) and on numpy arrays (tests, tools) alike. Label smoothing stays in the loss.
+tensors (the engine) and on numpy arrays (tests, tools) alike. Label smoothing stays in the loss,
+except PLSC's per-op `epsilon` (DeiT's configs smooth through Mixup/Cutmix): the one-hot labels
+become `(1 - epsilon) * y + epsilon / class_num` (paddle's F.label_smooth, PLSC's formula)
+before they are mixed; epsilon 0 (the default) leaves them one-hot.
 
 Each rank mixes its own local batch with a permutation of itself, like every data-parallel
 Mixup implementation; the images are mixed with `x[perm]`.
@@ -20,6 +23,7 @@ from ..registry import BATCH_TRANSFORMS
 Alpha = Annotated[float, gt(0)]
 Probability = Annotated[float, between(0, 1)]
 ClassNum = Optional[Annotated[int, ge(1)]]  # null: the dataset's (or Model.class_num)
+Epsilon = Annotated[float, between(0, 1)]
 
 
 def _is_numpy(x):
@@ -66,16 +70,20 @@ def _class_num(op, class_num):
 class _Mixer:
     """Shared plumbing: class_num (may come from the dataset at build time) and label mixing."""
 
-    def __init__(self, alpha, class_num):
+    def __init__(self, alpha, class_num, epsilon=0.0):
         self.alpha = alpha
         self.class_num = class_num
+        self.epsilon = epsilon
 
     def set_class_num(self, class_num):
         if self.class_num is None:
             self.class_num = class_num
 
     def _mix_labels(self, labels, perm, lam):
-        y = soft_labels(labels, _class_num(type(self).__name__, self.class_num))
+        class_num = _class_num(type(self).__name__, self.class_num)
+        y = soft_labels(labels, class_num)
+        if self.epsilon:
+            y = y * (1.0 - self.epsilon) + self.epsilon / class_num
         return y * lam + _take(y, perm) * (1.0 - lam)
 
     def __call__(self, images, labels, rng):
@@ -88,8 +96,8 @@ class _Mixer:
 class Mixup(_Mixer):
     """x = lam*x + (1-lam)*x[perm], same for the labels; lam ~ Beta(alpha, alpha)."""
 
-    def __init__(self, alpha: Alpha = 0.8, class_num: ClassNum = None):
-        super().__init__(alpha, class_num)
+    def __init__(self, alpha: Alpha = 0.8, class_num: ClassNum = None, epsilon: Epsilon = 0.0):
+        super().__init__(alpha, class_num, epsilon)
 
     def mix(self, images, labels, rng, lam, perm):
         mixed = images * lam + _take(images, perm) * (1.0 - lam)
@@ -110,8 +118,8 @@ def cutmix_box(height, width, lam, rng):
 class Cutmix(_Mixer):
     """Paste a box from x[perm] into x; labels mixed by the box's actual area fraction."""
 
-    def __init__(self, alpha: Alpha = 1.0, class_num: ClassNum = None):
-        super().__init__(alpha, class_num)
+    def __init__(self, alpha: Alpha = 1.0, class_num: ClassNum = None, epsilon: Epsilon = 0.0):
+        super().__init__(alpha, class_num, epsilon)
 
     def mix(self, images, labels, rng, lam, perm):
         H, W = images.shape[-2], images.shape[-1]
@@ -159,26 +167,30 @@ def _choose(choices, prob, images, labels, rng, class_num, name):
 class OpSampler:
     """PaddleClas' OpSampler: `{OpSampler: {Mixup: {alpha: 0.8, prob: 0.5}, Cutmix: {alpha: 1.0,
     prob: 0.5}}}`. Each op's prob is its chance per batch; if they sum below 1 the remainder
-    passes the batch through (one-hot labels). class_num may be given at the top level."""
+    passes the batch through (one-hot labels). class_num may be given at the top level.
+    Registered as `OpSampler` and (PLSC's name) `TransformOpSampler`."""
 
     def __init__(self, class_num: Optional[int] = None, **ops):
+        me = type(self).__name__
         if not ops:
-            raise ConfigError("OpSampler: give at least one batch transform, e.g. "
+            raise ConfigError(f"{me}: give at least one batch transform, e.g. "
                               "{Mixup: {alpha: 0.8, prob: 0.5}}")
         self.class_num = class_num
         self.choices = []
         for name, kwargs in ops.items():
             kwargs = dict(kwargs or {})
-            p = _check_prob(f"OpSampler.{name}", "prob", kwargs.pop("prob", 1.0 / len(ops)))
-            if name in ("OpSampler", "MixupCutmix"):
-                raise ConfigError(f"OpSampler.{name}: only single transforms can be sampled")
+            p = _check_prob(f"{me}.{name}", "prob", kwargs.pop("prob", 1.0 / len(ops)))
+            if name in SAMPLER_NAMES:
+                raise ConfigError(f"{me}.{name}: only single transforms can be sampled")
             kwargs.setdefault("class_num", class_num)
             self.choices.append((BATCH_TRANSFORMS.build({"name": name, **kwargs},
-                                                        f"OpSampler.{name}"), p))
+                                                        f"{me}.{name}"), p))
         total = sum(p for _, p in self.choices)
         if total > 1 + 1e-6:
-            raise ConfigError(f"OpSampler: the probs sum to {total:g}, more than 1")
+            raise ConfigError(f"{me}: the probs sum to {total:g}, more than 1")
         self.prob = min(total, 1.0)
+        if class_num is None:  # PLSC gives class_num per op only: the pass-through needs it too
+            self.class_num = next((op.class_num for op, _ in self.choices if op.class_num), None)
 
     def set_class_num(self, class_num):
         for op, _ in self.choices:
@@ -188,8 +200,17 @@ class OpSampler:
 
     def __call__(self, images, labels, rng):
         if self.prob == 0:
-            return images, soft_labels(labels, _class_num("OpSampler", self.class_num))
-        return _choose(self.choices, self.prob, images, labels, rng, self.class_num, "OpSampler")
+            return images, soft_labels(labels, _class_num(type(self).__name__, self.class_num))
+        return _choose(self.choices, self.prob, images, labels, rng, self.class_num,
+                       type(self).__name__)
+
+
+@BATCH_TRANSFORMS.register()
+class TransformOpSampler(OpSampler):
+    """PLSC's name for OpSampler (its DeiT configs); errors then say TransformOpSampler."""
+
+
+SAMPLER_NAMES = ("OpSampler", "TransformOpSampler", "MixupCutmix")
 
 
 # PaddleClas names of the same operators.

@@ -15,7 +15,7 @@ import numpy as np
 
 from .. import errors
 from ..config import check_data_split, check_dataset
-from ..errors import DataError, PlscError
+from ..errors import ConfigError, DataError, PlscError
 from ..registry import DATASETS, SAMPLERS
 from .batch_transforms import create_batch_transform
 from .transforms import create_operators
@@ -143,11 +143,26 @@ def build_batch_transform(dataset_cfg, class_num=None):
     return create_batch_transform(dict(dataset_cfg).get("batch_transform_ops"), class_num)
 
 
-def build_dataloader(section_cfg, split, rank=0, world_size=1, seed=0, class_num=None):
+def micro_batch_size(batch_size, accum_steps, where):
+    """The loader's batch: PLSC's per-device batch split into accum_steps micro-batches."""
+    if accum_steps == 1 or not isinstance(batch_size, int):
+        return batch_size  # a missing or mistyped batch_size is reported by the sampler's check
+    if batch_size % accum_steps:
+        raise ConfigError(
+            f"{where}.sampler.batch_size: {batch_size} is the batch per device per optimizer step "
+            f"(PLSC's meaning), split into Global.accum_steps={accum_steps} micro-batches: expected "
+            f"a multiple of {accum_steps}")
+    return batch_size // accum_steps
+
+
+def build_dataloader(section_cfg, split, rank=0, world_size=1, seed=0, class_num=None,
+                     accum_steps=1):
     """DataPipeline for `DataLoader.Train` (split 'train') or `DataLoader.Eval` (split 'eval').
 
     class_num (e.g. Model.class_num) completes Mixup/Cutmix configs that leave it out; the
-    dataset's own class_num is used otherwise."""
+    dataset's own class_num is used otherwise. `sampler.batch_size` is PLSC's: the batch per
+    device per optimizer step, so with accum_steps > 1 the loader yields micro-batches of
+    batch_size / accum_steps (a PLSC YAML then trains with PLSC's global batch and memory)."""
     if split not in ("train", "eval"):
         raise ValueError(f"split must be 'train' or 'eval', got {split!r}")
     where = f"DataLoader.{split.capitalize()}"
@@ -156,7 +171,9 @@ def build_dataloader(section_cfg, split, rank=0, world_size=1, seed=0, class_num
     dataset = build_dataset(section_cfg["dataset"], f"{where}.dataset")
     batch_transform = build_batch_transform(section_cfg["dataset"],
                                             class_num if class_num is not None else dataset.class_num)
-    sampler = SAMPLERS.build(section_cfg["sampler"], f"{where}.sampler", dataset=dataset,
+    sampler_cfg = dict(section_cfg["sampler"])
+    sampler_cfg["batch_size"] = micro_batch_size(sampler_cfg.get("batch_size"), accum_steps, where)
+    sampler = SAMPLERS.build(sampler_cfg, f"{where}.sampler", dataset=dataset,
                              rank=rank, world_size=world_size, seed=0 if seed is None else seed,
                              split=split)
     import paddle  # here, so that plsc.data (datasets, synthetic generation) works without it

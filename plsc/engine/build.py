@@ -13,8 +13,10 @@ from ..loss import build_loss
 from ..metric import build_metrics
 from ..models import build_model as build_registered_model
 from ..optim import build_lr_scheduler, build_optimizer
+from ..optim.lr import scaled_learning_rate
 from . import amp as amp_lib
 from . import checkpoint, distributed
+from . import ema as ema_lib
 from .context import RunContext, commit_run, setup_run
 from .optim_wrapper import OptimWrapper
 
@@ -36,6 +38,7 @@ class TrainState:
     best_epoch: Optional[int] = None
     last_top1: Optional[float] = None  # of the last evaluation in this process
     last_eval_step: Optional[int] = None  # global_step of that evaluation
+    last_ema_top1: Optional[float] = None  # of the EMA weights in that evaluation
     nan_steps: int = 0  # consecutive non-finite steps
 
 
@@ -53,6 +56,7 @@ class Trainer:
     steps_per_epoch: int
     total_steps: int
     state: TrainState = dataclasses.field(default_factory=TrainState)
+    ema: Any = None  # ema.Ema when EMA is on (EMA.decay set)
 
     # What tests and tools inspect, named as in the logs.
     cfg = property(lambda self: self.ctx.cfg)
@@ -76,8 +80,14 @@ def build_model(cfg, ctx):
         load_pretrained(model, g.pretrained_model, finetune=g.finetune,
                         pos_embed_interp=g.pos_embed_interp, log=ctx.logger.info,
                         source="Global.pretrained_model")
-    if cfg.DistributedStrategy.recompute:
-        model.set_grad_checkpointing(True)
+    recompute = cfg.DistributedStrategy.recompute
+    if recompute:  # true, or PLSC's {layerlist_interval, names}
+        form = recompute if isinstance(recompute, dict) else {}
+        try:
+            model.set_grad_checkpointing(True, form.get("layerlist_interval", 1),
+                                         form.get("names", ()))
+        except ConfigError as e:
+            raise ConfigError(f"DistributedStrategy.recompute.names: {e}") from None
     return model
 
 
@@ -101,21 +111,20 @@ def _train_parts(cfg, ctx):
     if not losses.get("Train"):
         raise ConfigError("Loss.Train is required for training")
     data = build_dataloader(loaders["Train"], "train", ctx.world.rank, ctx.world.size, ctx.seed,
-                            class_num=cfg.Model.get("class_num"))
+                            class_num=cfg.Model.get("class_num"),
+                            accum_steps=cfg.Global.accum_steps)
     metric = build_metrics(metrics["Train"]) if metrics.get("Train") else None
     return data, build_loss(losses["Train"]), metric
 
 
 def _steps_per_epoch(cfg, ctx, data):
     accum = cfg.Global.accum_steps
-    if accum < 1:
-        raise ConfigError(f"Global.accum_steps must be >= 1, got {accum}")
     micro = len(data.sampler)
     if micro // accum == 0:
         bs = cfg.DataLoader.Train["sampler"].get("batch_size")
         raise ConfigError(
-            f"DataLoader.Train: {len(data.dataset)} samples make {micro} batch(es) "
-            f"of {bs} per device on {ctx.world.size} device(s); accum_steps={accum} "
+            f"DataLoader.Train: {len(data.dataset)} samples make {micro} micro-batch(es) "
+            f"of {bs // accum} per device on {ctx.world.size} device(s); accum_steps={accum} "
             "needs at least that many: lower the batch size or accum_steps")
     return micro // accum
 
@@ -149,9 +158,10 @@ def build_trainer(cfg):
     """A Trainer ready to run: set up, built, and resumed from Global.checkpoint if given."""
     ctx = setup_run(cfg, "train")
     g = cfg.Global
-    loaded = None
+    loaded = prefix = None
     if g.checkpoint:
-        loaded = checkpoint.load_resume(g.checkpoint, log=ctx.logger.warning)
+        prefix = checkpoint.resume_prefix(g.checkpoint, log=ctx.logger.warning)
+        loaded = checkpoint.read_set(prefix)
         ctx = _adopt_checkpoint_run(cfg, ctx, loaded[2], g.checkpoint)
     model = build_model(cfg, ctx)
     if cfg.DistributedStrategy.get("sharding"):
@@ -163,17 +173,35 @@ def build_trainer(cfg):
     total_steps = g.epochs * steps_per_epoch
     if g.max_train_step:
         total_steps = min(total_steps, g.max_train_step)
-    lr_scheduler = build_lr_scheduler(dict(cfg.LRScheduler), g.epochs, steps_per_epoch)
+    global_batch = cfg.DataLoader.Train.sampler.batch_size * ctx.world.size
+    lr_cfg, effective = scaled_learning_rate(dict(cfg.LRScheduler), global_batch)
+    if effective:
+        ctx.logger.info(effective)
+    lr_scheduler = build_lr_scheduler(lr_cfg, g.epochs, steps_per_epoch)
     model, dp_model, wrapper = _optim_wrapper(cfg, ctx, model, lr_scheduler, g.accum_steps)
     t = Trainer(ctx, model, dp_model, data, loss, metric, eval_parts, lr_scheduler, wrapper,
                 steps_per_epoch, total_steps)
+    _restore(t, loaded, prefix)
+    commit_run(t.ctx, "train")  # built: only now the output directory gets files
+    return t
+
+
+def _restore(t, loaded, prefix):
+    """Resume `t` from the set read at `prefix` (if any); the EMA starts from the weights the
+    run continues with, then takes the set's EMA weights."""
+    g, ctx = t.cfg.Global, t.ctx
     if loaded is not None:
         checkpoint.restore(t, loaded, f"Global.checkpoint {g.checkpoint}")
+    t.ema = ema_lib.build(t.cfg.EMA, t.model, t.optim.optimizer)
+    if t.ema is not None:
+        ctx.logger.info(f"EMA of the weights: decay {t.ema.decay:g}"
+                        + (" (min(decay, (1+n)/(10+n)) after n updates)" if t.ema.thres_steps else ""))
+    if loaded is not None:
+        checkpoint.restore_ema(t, checkpoint.read_ema(prefix, loaded[2]), loaded[2],
+                               f"Global.checkpoint {g.checkpoint}")
         best = "no evaluation yet" if t.best_top1 is None else f"best top1 {t.best_top1:.4f}"
         ctx.logger.info(f"resumed from {g.checkpoint}: epoch {t.epoch}, step {t.global_step}, "
                         f"{best}")
-    commit_run(t.ctx, "train")  # built: only now the output directory gets files
-    return t
 
 
 def build_evaluation(cfg):

@@ -1,14 +1,17 @@
 """Checkpoints: what one holds, how it is written so a crash never loses the last good set, and
 how it is restored (capture() and restore() are the two halves of the same list).
 
-A set is `{dir}/{prefix}.{pdparams,pdopt,pdstates}`:
+A set is `{dir}/{prefix}.{pdparams,pdopt,pdstates}`, plus `.pdema` when EMA is on:
 - .pdparams: the model state dict in fp32 (loadable by PLSC and by our converters).
 - .pdopt: optimizer state keyed by the model's *structured* parameter names (Paddle keys it by
   auto-generated names like `linear_3.w_0`, which change with build order), the LR scheduler,
   and the loss scaler.
 - .pdstates: JSON. Run position (epochs done, micro-batches done in the next one, global step),
   best metric (null before any evaluation), seed, every rank's RNG, and the CRC32 of the
-  .pdparams/.pdopt it belongs to.
+  .pdparams/.pdopt(/.pdema) it belongs to, and the EMA update count.
+- .pdema (EMA on): the EMA weights as a plain fp32 model state dict, the .pdparams keys (see
+  ema.py), so it loads wherever a .pdparams does. Optional: a set is complete with the files
+  its .pdstates lists.
 Saving writes all three to temporary files first, keeps a hard-linked backup of the previous
 set, renames the new files in (.pdstates last), fsyncs the directory so the renames survive a
 power loss, then drops the backup. Loading checks the CRCs: a set torn by a crash between renames
@@ -26,8 +29,10 @@ from ..errors import ConfigError, TrainingError
 from ..optim.lr import schedule_change, schedule_record
 from ..weights import assign, load_pickle, save_pickle
 from . import distributed, rng
+from . import ema as ema_lib
 
-EXTS = (".pdparams", ".pdopt", ".pdstates")
+EXTS = (".pdparams", ".pdopt", ".pdstates")  # every set has these
+EMA_EXT = ".pdema"  # sets written with EMA on also have this one
 STATES_FORMAT = "plsc-states-1"
 
 
@@ -143,22 +148,25 @@ def _write_set(directory, base, tmp, objs, states):
     _write_states(states, tmp + ".pdstates")
     _fsync_file(tmp + ".pdstates")
     exts = list(objs) + [".pdstates"]
-    if all(os.path.exists(base + e) for e in exts):
-        for ext in exts:  # the old set stays reachable until the new one is complete
-            os.link(base + ext, tmp + ".bak" + ext)
-            os.replace(tmp + ".bak" + ext, bak + ext)
+    if all(os.path.exists(base + e) for e in EXTS):
+        for ext in EXTS + (EMA_EXT,):  # the old set stays reachable until the new one is complete
+            if os.path.exists(base + ext):
+                os.link(base + ext, tmp + ".bak" + ext)
+                os.replace(tmp + ".bak" + ext, bak + ext)
     for ext in exts:
         os.replace(tmp + ext, base + ext)
         # test-only: die between the renames of the save at this step (tests/test_preemption.py)
         kill_at = f"{os.path.basename(base)}:{states.get('global_step')}"
         if os.environ.get("PLSC_TEST_KILL_IN_SAVE") == kill_at:
             os.kill(os.getpid(), 9)
+    if EMA_EXT not in objs and os.path.exists(base + EMA_EXT):
+        os.remove(base + EMA_EXT)  # of an older set of this prefix: not this set's EMA weights
     _fsync_dir(directory)
     remove(bak)
 
 
 def strip_prefix(path):
-    for ext in EXTS:
+    for ext in EXTS + (EMA_EXT,):
         if path.endswith(ext):
             return path[: -len(ext)]
     return path
@@ -174,6 +182,8 @@ def torn_reason(prefix):
     except (ValueError, UnicodeDecodeError, AttributeError):  # truncated or not plsc JSON
         return f"{prefix}.pdstates is unreadable (not a complete plsc states file)"
     for ext, crc in files.items():
+        if not os.path.isfile(prefix + ext):
+            return f"{prefix + ext} not found (listed in {prefix}.pdstates)"
         if _crc(prefix + ext) != crc:
             return f"{prefix + ext} does not belong to {prefix}.pdstates (torn save)"
     return None
@@ -182,6 +192,11 @@ def torn_reason(prefix):
 def load_resume(prefix, log=None):
     """Read a full checkpoint set for resuming; a torn set falls back to its backup.
     Returns (model state, .pdopt dict, states dict)."""
+    return read_set(resume_prefix(prefix, log))
+
+
+def resume_prefix(prefix, log=None):
+    """The complete set to resume from: `prefix`, or its backup when `prefix` is torn."""
     prefix = strip_prefix(prefix)
     reason = torn_reason(prefix)
     if reason is not None:
@@ -193,8 +208,20 @@ def load_resume(prefix, log=None):
         else:
             raise ConfigError(f"Global.checkpoint: {reason} "
                               f"(resume needs {', '.join(os.path.basename(prefix) + e for e in EXTS)})")
+    return prefix
+
+
+def read_set(prefix):
+    """(model state, .pdopt dict, states dict) of a complete set (see resume_prefix)."""
     return (_load(prefix + ".pdparams", "Global.checkpoint"), _load(prefix + ".pdopt", "Global.checkpoint"),
             load_states(prefix))
+
+
+def read_ema(prefix, states):
+    """The set's EMA weights ({name: array}), or None when it was written without EMA."""
+    if EMA_EXT not in states.get("files", {}):
+        return None
+    return _load(prefix + EMA_EXT, "Global.checkpoint")
 
 
 def epoch_checkpoints(directory):
@@ -208,7 +235,7 @@ def epoch_checkpoints(directory):
 
 
 def remove(prefix):
-    for ext in EXTS:
+    for ext in EXTS + (EMA_EXT,):
         if os.path.exists(prefix + ext):
             os.remove(prefix + ext)
 
@@ -227,6 +254,10 @@ def capture(t):
             ".pdopt": {"optimizer": optimizer_state(t.optim.optimizer, t.model),
                        "lr_scheduler": t.lr_scheduler.state_dict(),
                        "scaler": t.optim.scaler_state()}}
+    states["best_weights"] = t.cfg.EMA.best_model if t.ema is not None else "raw"
+    if t.ema is not None:
+        objs[EMA_EXT] = {**objs[".pdparams"], **ema_lib.shadow_arrays(t.ema)}
+        states["ema_updates"] = t.ema.updates
     return objs, states
 
 
@@ -252,6 +283,26 @@ def restore(t, loaded, source):
         t.ctx.logger.warning(f"checkpoint was written by {st['world_size']} processes, now "
                              f"{world.size}: data order is kept, RNG streams re-seeded")
         rng.seed_everything(t.ctx.seed + world.rank + s.global_step)
+
+
+def restore_ema(t, ema_state, st, source):
+    """The EMA part of restore(): the shadow and its update count from the set's .pdema. A set
+    without one (written with EMA off) starts the shadow from the restored weights."""
+    log = t.ctx.logger
+    if t.ema is None:
+        if ema_state is not None:
+            log.warning(f"{source} holds EMA weights but EMA is off (no EMA.decay): they are "
+                        "not carried on")
+    elif ema_state is None:
+        log.warning(f"{source} has no EMA weights ({EMA_EXT}): the EMA starts from the resumed "
+                    "weights")
+    else:
+        ema_lib.load(t.ema, ema_state, st.get("ema_updates", 0), f"{source}{EMA_EXT}")
+    best_weights = t.cfg.EMA.best_model if t.ema is not None else "raw"
+    if st.get("best_weights", "raw") != best_weights and t.state.best_top1 is not None:
+        log.warning(f"{source} chose best_model by the {st.get('best_weights', 'raw')} weights, "
+                    f"this run by the {best_weights} ones: the best top1 starts over")
+        t.state.best_top1, t.state.best_epoch = None, None
 
 
 def save(t, prefix):

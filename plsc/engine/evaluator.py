@@ -9,8 +9,9 @@ from .build import build_evaluation
 
 
 @paddle.no_grad()
-def run_evaluation(model, parts, precision, world, logger, epoch=None):
-    """{metric: value} over the whole eval set; leaves the model in the mode it found it."""
+def run_evaluation(model, parts, precision, world, logger, epoch=None, label="Avg"):
+    """{metric: value} over the whole eval set; leaves the model in the mode it found it.
+    `label` names the weights in the log line: [Avg] (the model's own), [EMA]."""
     was_training = model.training
     model.eval()
     sums, count = {}, 0
@@ -34,7 +35,7 @@ def run_evaluation(model, parts, precision, world, logger, epoch=None):
         model.train()
     tag = f"[Eval][Epoch {epoch}]" if epoch is not None else "[Eval]"
     body = ", ".join(f"{k}: {v:.5f}" for k, v in result.items())
-    logger.info(f"{tag}[Avg]{body} ({n_total} images, {time.time() - tic:.1f}s)")
+    logger.info(f"{tag}[{label}]{body} ({n_total} images, {time.time() - tic:.1f}s)")
     return result
 
 

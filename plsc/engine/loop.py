@@ -1,7 +1,8 @@
 """The training loop: run (epochs, end-of-epoch evaluation and checkpoints) -> run_epoch (one
 pass over the sampler, resumable mid-epoch) -> run_iter (one micro-batch). Precision,
 accumulation, clipping and skipping belong to the OptimWrapper; what a checkpoint holds to
-checkpoint.py; the loop decides only when things happen and what is logged."""
+checkpoint.py; the weight EMA to ema.py; the loop decides only when things happen and what is
+logged."""
 import os
 import time
 from dataclasses import dataclass, field
@@ -11,6 +12,7 @@ import numpy as np
 from ..errors import TrainingError
 from ..optim.lr import warmup_warning
 from . import checkpoint, distributed, run_dir
+from . import ema as ema_lib
 from .build import build_trainer
 from .evaluator import run_evaluation
 from .logger import Meter, format_eta, setup_logger
@@ -108,12 +110,13 @@ def _after_step(t, result, progress, step_in_epoch):
     s, g, window = t.state, t.cfg.Global, progress.window
     if _check_step(t, result):
         window.loss.update(result.loss)
+    if result.status == "ok" and t.ema is not None:  # skipped steps left the weights as they were
+        ema_lib.update(t.ema, t.model, t.optim.optimizer)
     if s.global_step % g.print_batch_step == 0 or step_in_epoch == t.steps_per_epoch:
         _log_step(t, result.lr, window, step_in_epoch)
         progress.window = Window()
     if _eval_due(t, "step", s.global_step):
-        _after_eval(t, run_evaluation(t.model, t.eval, t.optim.precision, t.ctx.world,
-                                      t.logger, s.epoch + 1), s.epoch + 1)
+        _evaluate(t, s.epoch + 1)
     if g.max_train_step and s.global_step >= g.max_train_step:
         t.logger.info(f"reached Global.max_train_step={g.max_train_step}")
         return True
@@ -126,18 +129,37 @@ def _eval_due(t, unit, count):
             and count % g.eval_interval == 0)
 
 
-def _after_eval(t, result, epoch):
+def _evaluate(t, epoch):
+    """Evaluate the weights, and the EMA weights when EMA.ema_eval says so (logged [EMA])."""
+    args = (t.eval, t.optim.precision, t.ctx.world, t.logger, epoch)
+    result, ema_result = run_evaluation(t.model, *args), None
+    if t.ema is not None and ema_lib.eval_due(t.cfg.EMA, epoch):
+        with ema_lib.applied(t.ema, t.model):
+            ema_result = run_evaluation(t.model, *args, label="EMA")
+    _after_eval(t, result, ema_result, epoch)
+
+
+def _best_by_ema(t):
+    """Whether best_model is chosen by the EMA weights' top1 (EMA.best_model: ema)."""
+    return t.ema is not None and t.cfg.EMA.best_model == "ema"
+
+
+def _after_eval(t, result, ema_result, epoch):
     s = t.state
-    top1 = result.get("top1")
-    s.last_top1, s.last_eval_step = top1, s.global_step
-    for k, v in result.items():
-        t.ctx.scalars.add(f"eval/{k}", v, s.global_step)
+    ema_result = ema_result or {}
+    s.last_top1, s.last_ema_top1 = result.get("top1"), ema_result.get("top1")
+    s.last_eval_step = s.global_step
+    for prefix, values in (("eval", result), ("eval_ema", ema_result)):
+        for k, v in values.items():
+            t.ctx.scalars.add(f"{prefix}/{k}", v, s.global_step)
+    top1 = s.last_ema_top1 if _best_by_ema(t) else s.last_top1
     if top1 is None:
         return
     if s.best_top1 is None or top1 > s.best_top1:
         s.best_top1, s.best_epoch = top1, epoch
         checkpoint.save(t, "best_model")
-    t.logger.info(f"[Eval][Epoch {epoch}][best top1: {s.best_top1:.5f} (epoch {s.best_epoch})]")
+    what = "EMA top1" if _best_by_ema(t) else "top1"
+    t.logger.info(f"[Eval][Epoch {epoch}][best {what}: {s.best_top1:.5f} (epoch {s.best_epoch})]")
 
 
 def _log_step(t, lr, window, step_in_epoch):
@@ -183,8 +205,10 @@ def run(t):
     """Train to Global.epochs (or max_train_step); returns a summary dict."""
     g, s, log = t.cfg.Global, t.state, t.logger
     bs, world, accum = t.train_data.sampler.batch_size, t.ctx.world.size, t.optim.accum_steps
+    per_device = f"{bs * accum} per device" + (f" in {accum} micro-batches of {bs}"
+                                               if accum > 1 else "")
     log.info(f"training {g.epochs} epochs x {t.steps_per_epoch} steps, global batch "
-             f"{bs * world * accum} ({bs} x {world} device(s) x {accum} accum), "
+             f"{bs * world * accum} ({per_device}, {world} device(s)), "
              f"{t.total_steps} steps in all")
     if warmup_warning(t.lr_scheduler):
         log.warning(warmup_warning(t.lr_scheduler))
@@ -202,9 +226,7 @@ def run(t):
         # specially: it may be resumed, and the resumed run must equal an uninterrupted one.
         final = complete and s.epoch >= g.epochs
         if (complete and _eval_due(t, "epoch", s.epoch)) or (final and _final_eval_missing(t)):
-            epoch = s.epoch if complete else s.epoch + 1
-            _after_eval(t, run_evaluation(t.model, t.eval, t.optim.precision, t.ctx.world,
-                                          log, epoch), epoch)
+            _evaluate(t, s.epoch if complete else s.epoch + 1)
         if complete:
             _save_epoch(t)
         else:
@@ -223,20 +245,25 @@ def _finish(t, progress, elapsed):
     s, world = t.state, t.ctx.world.size
     ips = progress.images * world / max(elapsed, 1e-9)
     best = "no evaluation"
+    final_now = s.last_eval_step == s.global_step
     if s.best_top1 is not None:
         final = ""
-        if s.last_top1 is not None and s.last_eval_step == s.global_step:
+        if s.last_top1 is not None and final_now:
             done = s.epoch if s.micro_in_epoch == 0 else s.epoch + 1
-            final = f"final weights (epoch {done}): top1 {s.last_top1:.5f}; "
-        best = (f"{final}best (epoch {s.best_epoch}): top1 {s.best_top1:.5f} -> "
-                f"{os.path.join(t.ctx.out_dir, 'best_model')}")
+            ema = "" if s.last_ema_top1 is None else f", EMA weights top1 {s.last_ema_top1:.5f}"
+            final = f"final weights (epoch {done}): top1 {s.last_top1:.5f}{ema}; "
+        weights = "" if t.ema is None else ("EMA" if _best_by_ema(t) else "raw") + " weights, "
+        path = os.path.join(t.ctx.out_dir, "best_model") + (".pdema" if _best_by_ema(t) else "")
+        best = f"{final}best ({weights}epoch {s.best_epoch}): top1 {s.best_top1:.5f} -> {path}"
     t.logger.info(f"[Train] finished: {s.global_step} steps, {s.epoch} epoch(s) in "
                   f"{format_eta(elapsed)} ({ips:.1f} images/sec); {best}; checkpoints in "
                   f"{t.ctx.out_dir}")
     t.ctx.scalars.close()
     return {"best_top1": s.best_top1, "best_epoch": s.best_epoch, "global_step": s.global_step,
             "epoch": s.epoch, "images": progress.images * world, "ips": ips,
-            "final_top1": s.last_top1 if s.last_eval_step == s.global_step else None}
+            "final_top1": s.last_top1 if final_now else None,
+            "final_ema_top1": s.last_ema_top1 if final_now else None,
+            "best_weights": "ema" if _best_by_ema(t) else "raw"}
 
 
 def train(cfg):

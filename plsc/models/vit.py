@@ -15,6 +15,7 @@ import paddle
 import paddle.nn as nn
 
 from ..config.types import between, ge, gt
+from ..errors import ConfigError
 from ..vit_spec import HEAD_NAMES, pool_tokens, spec_from_kwargs
 from .layers import Block, PatchEmbed, constant, dropout, normal, xavier_uniform
 
@@ -79,7 +80,12 @@ class VisionTransformer(nn.Layer):
         self.num_features = spec.num_features  # width of the head's input
         self.attn_impl = resolve_attn_impl(attn_impl)
         self.num_prefix_tokens = spec.num_prefix_tokens
-        self.grad_checkpointing = False  # set_grad_checkpointing (DistributedStrategy.recompute)
+        # Recompute (set_grad_checkpointing, DistributedStrategy.recompute): when on, blocks
+        # 0, K, 2K, ... (K = recompute_interval; 0: none by interval) and the units named in
+        # recompute_names keep only their inputs for backward and rerun their forward there.
+        self.grad_checkpointing = False
+        self.recompute_interval = 1
+        self.recompute_names = frozenset()
 
         self.patch_embed = PatchEmbed(img_size, patch_size, in_chans, embed_dim)
         self.cls_token = (
@@ -116,16 +122,12 @@ class VisionTransformer(nn.Layer):
             x = paddle.concat([self.cls_token.expand([x.shape[0], -1, -1]), x], axis=1)
         x = self.pos_drop(x + self.pos_embed)
         attns = []
-        for block in self.blocks:
+        for i, block in enumerate(self.blocks):
             if return_attn:
                 x, probs = block(x, return_attn=True)
                 attns.append(probs)
-            elif self.grad_checkpointing and self.training:
-                from paddle.distributed.fleet.utils import recompute
-
-                x = recompute(block, x)
             else:
-                x = block(x)
+                x = self._unit(f"blocks.{i}", block, x, i)
         x = self.norm(x)
         return (x, attns) if return_attn else x
 
@@ -140,14 +142,62 @@ class VisionTransformer(nn.Layer):
     def forward(self, x):
         return self.forward_head(self.forward_features(x))
 
-    def set_grad_checkpointing(self, enable=True):
-        """Recompute each block's activations in the backward pass (training only)."""
+    def _unit(self, name, layer, x, block_index):
+        """layer(x), recomputed in backward when configured (training only)."""
+        k = self.recompute_interval
+        if (self.grad_checkpointing and self.training
+                and (name in self.recompute_names or (k and block_index % k == 0))):
+            from paddle.distributed.fleet import utils as fleet_utils
+
+            # Paddle's recompute replays the RNG state: dropout and drop-path masks in the
+            # backward's rerun equal the forward's, so gradients are unchanged.
+            return fleet_utils.recompute(layer, x)
+        return layer(x)
+
+    def recompute_units(self):
+        """The names `set_grad_checkpointing(names=...)` accepts (PLSC's `recompute.names` are
+        sublayer names): the blocks. Only a unit whose input needs a gradient can be
+        recomputed (Paddle runs any other normally), so the patch embedding is not one."""
+        return tuple(f"blocks.{i}" for i in range(self.depth))
+
+    def set_grad_checkpointing(self, enable=True, interval=1, names=()):
+        """Recompute activations in the backward pass (training only) of blocks 0, K, 2K, ...
+        (K = `interval`, PLSC's `layerlist_interval`; 0 selects no block by interval) and of the
+        units in `names` (see recompute_units). enable=False turns recompute off."""
+        units = self.recompute_units()
+        unknown = [n for n in names if n not in units]
+        if unknown:
+            raise ConfigError(f"unknown layer name(s) {', '.join(map(repr, unknown))}; "
+                              f"recomputable: blocks.0 ... blocks.{self.depth - 1}")
+        if int(interval) < 0:
+            raise ConfigError(f"recompute interval must be >= 0, got {interval}")
         self.grad_checkpointing = bool(enable)
+        self.recompute_interval = int(interval)
+        self.recompute_names = frozenset(names)
 
     def head_names(self):
         """Top-level names of the head layers, pre-logits first (including `head0` when this
         model has none: a checkpoint may carry one, which fine-tuning must then drop)."""
         return HEAD_NAMES
+
+    # Parameters before the first block (what the patch embedding and the tokens own), by the
+    # first component of their structured name. The hybrid's ResNet stem lives under
+    # `patch_embed.backbone`, so it is layer 0 too.
+    EMBEDDING_NAMES = ("patch_embed", "cls_token", "dist_token", "pos_embed")
+
+    def num_layers(self):
+        """Transformer blocks, for layer-wise lr decay (plsc/optim/layer_decay.py)."""
+        return self.depth
+
+    def layer_id(self, param_name):
+        """Layer of a structured parameter name: embeddings 0, `blocks.i.*` i + 1, everything
+        after the blocks (final norm, pre-logits, head) num_layers() + 1."""
+        first, _, rest = param_name.partition(".")
+        if first in self.EMBEDDING_NAMES:
+            return 0
+        if first == "blocks":
+            return int(rest.partition(".")[0]) + 1
+        return self.depth + 1
 
     def no_weight_decay(self):
         """Structured names of the parameters trained without weight decay: every bias, every

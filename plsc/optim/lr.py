@@ -137,6 +137,53 @@ class CosineWarmup(StepLRScheduler):
 
 
 @LR_SCHEDULERS.register(runtime=RUNTIME_ARGS)
+class TimmCosine(StepLRScheduler):
+    """PLSC's TimmCosine (timm's CosineLRScheduler, as DeiT uses it). With decay_unit `epoch`
+    the unit is x = e = t // steps_per_epoch (the lr changes once per epoch), T = epochs and
+    W = warmup_epoch; with `step`, x = t, T = epochs * steps_per_epoch and
+    W = round(warmup_epoch * steps_per_epoch):
+
+        x <  W:  lr = warmup_start_lr + (base - warmup_start_lr) * x / W
+        x >= W:  lr = eta_min + 0.5 * (base - eta_min) * (1 + cos(pi * p)),
+                 p = clip(x / T, 0, 1), or clip((x - W) / (T - W), 0, 1) with warmup_prefix
+
+    Without warmup_prefix the cosine runs over the whole run, warmup included (timm's default),
+    so lr(W) is slightly below base. Not reproduced from PLSC: its scheduler is never
+    initialized, so its first epoch runs at the full learning_rate and every later epoch e at
+    lr(e - 1); here epoch e uses lr(e) from the first step on.
+    """
+
+    def __init__(self, learning_rate: LearningRate, eta_min: NonNegative = 0.0,
+                 warmup_epoch: NonNegative = 0, warmup_start_lr: NonNegative = 0.0,
+                 decay_unit: Literal["epoch", "step"] = "epoch", warmup_prefix: bool = False,
+                 total_steps=1, steps_per_epoch=1, last_epoch=-1):
+        self.eta_min, self.warmup_start_lr = eta_min, warmup_start_lr
+        self.decay_unit, self.warmup_prefix = decay_unit, warmup_prefix
+        self.steps_per_epoch = steps_per_epoch
+        if decay_unit == "epoch":
+            self.unit_total, self.unit_warmup = total_steps // steps_per_epoch, warmup_epoch
+            # the first step whose epoch is past the warmup
+            self.warmup_steps = math.ceil(warmup_epoch) * steps_per_epoch
+        else:
+            self.unit_total = total_steps
+            self.unit_warmup = self.warmup_steps = int(round(warmup_epoch * steps_per_epoch))
+        self.warmup_epoch = warmup_epoch
+        super().__init__(learning_rate, total_steps, last_epoch)
+
+    def warmup_key(self):
+        return f"warmup_epoch ({self.warmup_epoch:g} = {self.warmup_steps} steps)"
+
+    def lr_at(self, t):
+        x = t // self.steps_per_epoch if self.decay_unit == "epoch" else t
+        w, base = self.unit_warmup, self.base_lr
+        if x < w:
+            return self.warmup_start_lr + (base - self.warmup_start_lr) * x / w
+        start = w if self.warmup_prefix else 0
+        progress = _progress(x, start, self.unit_total)
+        return self.eta_min + 0.5 * (base - self.eta_min) * (1.0 + math.cos(math.pi * progress))
+
+
+@LR_SCHEDULERS.register(runtime=RUNTIME_ARGS)
 class MultiStepWarmup(StepLRScheduler):
     """Warmup + step decay. Milestones are EPOCHS (converted with steps_per_epoch):
 
@@ -178,16 +225,34 @@ class Constant(StepLRScheduler):
         return self.base_lr * (min(1.0, t / w) if w > 0 else 1.0)
 
 
+def scaled_learning_rate(lr_cfg: dict, global_batch):
+    """(config without base_batch_size, one line saying the effective LR or None).
+
+    With `base_batch_size: N`, `learning_rate` is per N images of global batch and the run uses
+    learning_rate * global_batch / N (DeiT's rule, lr 5e-4 per 512; only the peak is scaled, as
+    in DeiT: warmup start and floor are absolute)."""
+    lr_cfg = dict(lr_cfg)
+    base = lr_cfg.pop("base_batch_size", None)
+    if base is None:
+        return lr_cfg, None
+    given = lr_cfg["learning_rate"]
+    lr_cfg["learning_rate"] = given * global_batch / base
+    return lr_cfg, (f"learning rate {lr_cfg['learning_rate']:.6g} = LRScheduler.learning_rate "
+                    f"{given:g} x global batch {global_batch} / base_batch_size {base}")
+
+
 def build_lr_scheduler(lr_cfg: dict, epochs: int, steps_per_epoch: int):
     """The scheduler for the `LRScheduler` config section.
 
     `epochs` is the validated Global.epochs (>= 1). steps_per_epoch counts OPTIMIZER steps
     (micro-batches // accum_steps) and is measured, not configured, so it is checked here;
     T = epochs * steps_per_epoch. Step the result once after every optimizer step.
+    A base_batch_size still in lr_cfg is dropped: the engine applies it (scaled_learning_rate).
     """
     if steps_per_epoch < 1:
         raise ConfigError(f"steps_per_epoch: expected at least 1 optimizer step per epoch, got "
                           f"{steps_per_epoch} (fewer training batches than Global.accum_steps?)")
+    lr_cfg = {k: v for k, v in lr_cfg.items() if k != "base_batch_size"}
     return LR_SCHEDULERS.build(lr_cfg, section="LRScheduler",
                                total_steps=epochs * steps_per_epoch,
                                steps_per_epoch=steps_per_epoch)
@@ -220,5 +285,7 @@ def warmup_warning(sched):
     w = int(getattr(sched, "warmup_steps", 0) or 0)
     if w == 0 or w < sched.total_steps:
         return None
-    return (f"LRScheduler.warmup_steps ({w}) >= the run's {sched.total_steps} steps: the whole "
+    # a schedule whose warmup is configured in other units says so itself
+    key = sched.warmup_key() if hasattr(sched, "warmup_key") else f"warmup_steps ({w})"
+    return (f"LRScheduler.{key} >= the run's {sched.total_steps} steps: the whole "
             f"run is warmup, the lr never reaches LRScheduler.learning_rate ({sched.base_lr:g})")

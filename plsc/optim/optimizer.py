@@ -3,7 +3,9 @@ exemption chosen by STRUCTURED parameter name, and global-norm clipping built se
 
 Weight-decay exemption: `no_weight_decay_name` is a space-separated list of regular expressions;
 a parameter whose structured name (`model.named_parameters()`, e.g. `blocks.0.attn.qkv.bias`)
-matches any of them (`re.search`) gets no weight decay. Nothing else is exempted automatically
+matches any of them (`re.search`) gets no weight decay. A YAML LIST (PLSC's DeiT form,
+`["cls_token", "pos_embed", "norm", "bias"]`) holds plain substrings, matched as PLSC does
+(`s in name`), never as regular expressions. Nothing else is exempted automatically
 (not even 1-D parameters): the patterns are the whole rule, so users control it.
 `no_weight_decay_name: null` (or "") decays every parameter. Without the key, the model family
 says: `model.no_weight_decay()` (for a ViT every bias, every LayerNorm/GroupNorm parameter,
@@ -12,12 +14,15 @@ says: `model.no_weight_decay()` (for a ViT every bias, every LayerNorm/GroupNorm
 All trainable parameters go to the paddle optimizer as ONE list (the exemption is applied per
 parameter inside the update), because paddle's sharding optimizer rejects parameter groups.
 
+`layer_decay` (PaddleClas: `layerwise_decay`) scales each parameter's lr by its layer, see
+plsc/optim/layer_decay.py. AdamW's epsilon is `epsilon` or PLSC's `eps` (not both).
+
 The registered factories `AdamW` / `Momentum` take the validated config keys; the engine's
 runtime objects (`model`, `learning_rate` = the LRScheduler, `multi_precision`) are declared
 `runtime=` at registration, so they are never config keys.
 """
 import re
-from typing import Annotated, Optional, Tuple
+from typing import Annotated, List, Optional, Tuple, Union
 
 import paddle
 
@@ -25,6 +30,7 @@ from ..config import Rule, between, ge, gt
 from ..errors import ConfigError
 from ..registry import OPTIMIZERS
 from .clip import build_grad_clip
+from .layer_decay import apply_layer_decay
 
 # For a model that does not say (a user's own paddle Layer): the usual ViT-style names.
 GENERIC_NO_WEIGHT_DECAY_NAME = "bias norm gn pos_embed cls_token"
@@ -34,7 +40,10 @@ FROM_MODEL = type("FromModel", (), {"__repr__": lambda self: "<model.no_weight_d
 
 
 def compile_patterns(no_weight_decay_name):
-    """The regular expressions of a `no_weight_decay_name` string (None / "" -> none)."""
+    """The regular expressions of a `no_weight_decay_name` string (None / "" -> none); a list
+    is of substrings (PLSC's meaning), escaped into literal patterns."""
+    if isinstance(no_weight_decay_name, (list, tuple)):
+        return [re.compile(re.escape(s)) for s in no_weight_decay_name]
     patterns = []
     for token in (no_weight_decay_name or "").split():
         try:
@@ -77,17 +86,45 @@ def split_decay(model, no_weight_decay_name=FROM_MODEL):
 
 
 Beta = Annotated[float, between(0, 1, hi_open=True)]
-NoWeightDecayName = Optional[Annotated[str, Rule("of space-separated regular expressions",
-                                                 _valid_patterns)]]
+NoWeightDecayName = Optional[Union[
+    Annotated[str, Rule("of space-separated regular expressions", _valid_patterns)],
+    List[Annotated[str, Rule("(non-empty substrings)", bool)]]]]
 NonNegative = Annotated[float, ge(0)]
+Epsilon = Optional[Annotated[float, gt(0)]]
+LayerDecay = Optional[Annotated[float, between(0, 1, lo_open=True)]]
+DEFAULT_EPSILON = 1e-8
 
 
-@OPTIMIZERS.register(runtime=RUNTIME_ARGS)
-def AdamW(betas: Tuple[Beta, Beta] = (0.9, 0.999), epsilon: Annotated[float, gt(0)] = 1e-8,
+def _one_of(values, *keys):
+    """A problem when more than one of the alias `keys` is set, else None."""
+    given = [k for k in keys if values.get(k) is not None]
+    if len(given) > 1:
+        return f"{' and '.join(given)} are the same setting: give only one"
+    return None
+
+
+def check_momentum(values):
+    return _one_of(values, "layer_decay", "layerwise_decay")
+
+
+def check_adamw(values):
+    return _one_of(values, "epsilon", "eps") or check_momentum(values)
+
+
+def _trainable(model, no_weight_decay_name, layer_decay, layerwise_decay):
+    """split_decay, after giving each trainable parameter its layer-decay lr scale."""
+    decay, no_decay = split_decay(model, no_weight_decay_name)
+    ld = layer_decay if layer_decay is not None else layerwise_decay
+    apply_layer_decay(model, decay + no_decay, ld)
+    return decay, no_decay
+
+
+@OPTIMIZERS.register(runtime=RUNTIME_ARGS, check=check_adamw)
+def AdamW(betas: Tuple[Beta, Beta] = (0.9, 0.999), epsilon: Epsilon = None, eps: Epsilon = None,
           weight_decay: NonNegative = 0.0, no_weight_decay_name: NoWeightDecayName = FROM_MODEL,
           grad_clip: Optional[dict] = None, use_master_param: Optional[bool] = None,
-          exp_avg_force_fp32: Optional[bool] = None, *, model, learning_rate,
-          multi_precision=False):
+          exp_avg_force_fp32: Optional[bool] = None, layer_decay: LayerDecay = None,
+          layerwise_decay: LayerDecay = None, *, model, learning_rate, multi_precision=False):
     """paddle.optimizer.AdamW: decoupled decay p -= lr * weight_decay * p on non-exempt params,
     bias-corrected Adam update on all.
 
@@ -99,7 +136,8 @@ def AdamW(betas: Tuple[Beta, Beta] = (0.9, 0.999), epsilon: Annotated[float, gt(
     """
     del grad_clip, use_master_param, exp_avg_force_fp32
     beta1, beta2 = betas
-    decay, no_decay = split_decay(model, no_weight_decay_name)
+    epsilon = next((e for e in (epsilon, eps) if e is not None), DEFAULT_EPSILON)
+    decay, no_decay = _trainable(model, no_weight_decay_name, layer_decay, layerwise_decay)
     exempt = {p.name for _, p in no_decay}  # paddle calls the rule with the unique param.name
     return paddle.optimizer.AdamW(
         learning_rate=learning_rate, beta1=beta1, beta2=beta2, epsilon=epsilon,
@@ -131,16 +169,17 @@ class MomentumL2(paddle.optimizer.Momentum):
             self._regularization_method, self._regularization_coeff = saved
 
 
-@OPTIMIZERS.register(runtime=RUNTIME_ARGS)
+@OPTIMIZERS.register(runtime=RUNTIME_ARGS, check=check_momentum)
 def Momentum(momentum: Beta = 0.9, weight_decay: NonNegative = 0.0,
              no_weight_decay_name: NoWeightDecayName = FROM_MODEL,
              use_nesterov: bool = False, grad_clip: Optional[dict] = None,
-             use_master_param: Optional[bool] = None, *, model, learning_rate,
+             use_master_param: Optional[bool] = None, layer_decay: LayerDecay = None,
+             layerwise_decay: LayerDecay = None, *, model, learning_rate,
              multi_precision=False):
     """SGD with momentum and L2 weight decay (added to the gradient, PLSC's Momentum semantics)
     on the non-exempt parameters. `grad_clip` / `use_master_param`: as for AdamW."""
     del grad_clip, use_master_param
-    decay, no_decay = split_decay(model, no_weight_decay_name)
+    decay, no_decay = _trainable(model, no_weight_decay_name, layer_decay, layerwise_decay)
     return MomentumL2(
         learning_rate=learning_rate, momentum=momentum,
         parameters=[p for _, p in decay + no_decay], use_nesterov=use_nesterov,
