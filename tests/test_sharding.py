@@ -22,11 +22,12 @@ SHARDED = ["DistributedStrategy.sharding.sharding_stage=1",
            "DistributedStrategy.sharding.sharding_degree=2"]
 # AdamW, accumulation 2 (batch_size = per-device batch per step, 2 micro-batches), no clipping,
 # no warmup. epsilon 1e-4: a ViT's key bias has a gradient that is zero in exact arithmetic, and
-# with epsilon 1e-8 Adam turns its float32 noise (~1e-9, different in 1 and 2 processes) into
-# updates of ~0.07 lr (measured 7e-4 apart); at 1e-4 that noise moves nothing while the real
-# gradients (1e-3..1e-1) still get Adam's normalised steps. No random flip, so a run's data does not depend on the per-rank RNG streams (which
-# are re-seeded when the world size changes).
-ADAMW = {"Optimizer": {"name": "AdamW", "weight_decay": 0.05, "epsilon": 1e-4, "grad_clip": None},
+# with epsilon 1e-8 Adam turns its float32 noise (different in 1 and 2 processes) into updates
+# of ~0.07 lr (measured 7e-4 apart); with 1e-4 the runs agree to 1.2e-7 and still move 0.03.
+# No random flip, so a run's data does not depend on the per-rank RNG streams (re-seeded when
+# the world size changes).
+ADAMW = {"Optimizer": {"name": "AdamW", "weight_decay": 0.05, "epsilon": 1e-4,
+                       "grad_clip": None},
          "LRScheduler.learning_rate": 0.01, "LRScheduler.warmup_steps": 0,
          "Global.accum_steps": 2, "Global.max_train_step": 3, "Global.eval_during_train": False}
 NO_FLIP = [{"DecodeImage": {"to_rgb": True}},
@@ -209,7 +210,8 @@ def test_nonfinite_loss_on_one_rank_skips_the_step_on_all(tmp_path, data_root, r
      "DistributedStrategy.sharding.offload needs sharding_stage 2"),
     (["DistributedStrategy.sharding.sharding_degree=2"],
      "DistributedStrategy.sharding.sharding_degree=2 must divide the number of processes (1)"),
-    (["DistributedStrategy.sharding.sharding_stage=4"], "DistributedStrategy.sharding.sharding_stage"),
+    (["DistributedStrategy.sharding.sharding_stage=4"],
+     "DistributedStrategy.sharding.sharding_stage"),
 ])
 def test_refused_settings_are_one_line_exit_2(tmp_path, data_root, overrides, expected):
     r = run_tool("train", ["-c", config(tmp_path, data_root), "-o", *overrides])
@@ -219,6 +221,20 @@ def test_refused_settings_are_one_line_exit_2(tmp_path, data_root, overrides, ex
     assert len(lines) == 1 and expected in lines[0], r.stderr
     assert "Traceback" not in r.stderr
     assert not os.path.exists(tmp_path / "out" / "VisionTransformer")  # nothing written
+
+
+def test_cpu_refuses_sharding_sub_groups(tmp_path, data_root):
+    """4 processes in 2 shards of 2 need gloo sub-groups, which Paddle fails to create: refused
+    by every rank in one line before any group is made."""
+    path = config(tmp_path, data_root, batch_size=2)
+    r = run_tool("train", ["-c", path, "-o", "DistributedStrategy.sharding.sharding_degree=2"],
+                 nproc=4, log_dir=tmp_path / "logs")
+    logs = worker_logs(tmp_path / "logs")
+    assert r.returncode != 0
+    expected = ("DistributedStrategy.sharding.sharding_degree=2 of 4 processes needs process "
+                "sub-groups")
+    assert sum(expected in line for line in logs.splitlines()) == 4, logs
+    assert "Traceback" not in logs
 
 
 # ---------------------------------------------------------------- portable checkpoints

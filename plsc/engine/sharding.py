@@ -14,9 +14,11 @@ all-reduced in backward exactly as in plain data parallelism (no_sync keeps accu
 all-reduce per step), so every rank holds the full averaged gradients and the wrapper's norm,
 clip and skip decision are unchanged; `DygraphShardingOptimizer.step()` then updates only the
 parameters this rank owns (AdamW moments for those only) and broadcasts each updated parameter
-from its owner. Measured on CPU/gloo: equal to plain data parallelism within float32 noise.
+from its owner. Measured on CPU/gloo: bitwise equal to plain data parallelism.
 A sharding_degree N below the world size W gives W/N data-parallel replicas of N shards
-(fleet hybrid_configs dp_degree W/N, sharding_degree N).
+(fleet hybrid_configs dp_degree W/N, sharding_degree N): GPU only, because creating the
+sub-groups (sharding [0,1],[2,3] of 4 processes) fails in Paddle 3.3's gloo backend (connection
+refused in gloo's rendezvous; plain `dist.new_group` shows it too), so on CPU it is refused.
 
 fp16 (GPU, unverified here): GradScaler.unscale_ walks the sharding optimizer's FULL parameter
 list (its `_parameter_list`), so every rank unscales and checks all gradients, which are
@@ -26,9 +28,11 @@ shards agree on found-inf before anything steps.
 Stage 2 (gradients sharded too) uses `paddle.distributed.sharding.group_sharded_parallel`
 (level 'os_g'), GPU/XPU only; written to Paddle's documentation, not run here (no GPU): each
 rank keeps only the reduced gradients it owns, so the global norm is the all-reduced sum of the
-owned squares (`sharded_clip`). Stage 3 is refused: its optimizer state is sliced inside
-parameters and would not consolidate into a portable .pdopt. `offload` exists only in
-group_sharded_parallel, for pure fp16 (FP16.level O2, float16).
+owned squares (`sharded_clip`); under fp16 Paddle's GroupShardedScaler all-reduces found-inf
+over the group, and the wrapper's all-rank flag follows the all-reduced norm. Accumulation
+reduces every micro-batch (the stage-2 model has no no_sync). Stage 3 is refused: its
+optimizer state is sliced inside parameters and would not consolidate into a portable .pdopt.
+`offload` exists only in group_sharded_parallel, for pure fp16 (FP16.level O2, float16).
 
 Checkpoints stay portable: `full_state_dict` gathers every rank's shard (a collective) so rank 0
 writes the usual .pdopt; `set_state_dict` takes this rank's entries from such a full state, so a
@@ -81,6 +85,11 @@ def plan(sharding_cfg, world, device, fp16_cfg, log):
     if world.size % degree:
         raise ConfigError(f"{KEY}.sharding_degree={degree} must divide the number of processes "
                           f"({world.size})")
+    if 1 < degree < world.size and device == "cpu":  # measured: 4 of 4 attempts failed
+        raise ConfigError(f"{KEY}.sharding_degree={degree} of {world.size} processes needs "
+                          "process sub-groups, which Paddle's CPU backend (gloo) fails to create; "
+                          f"on CPU shard over all processes (sharding_degree {world.size} or "
+                          "null)")
     if stage == 2 and degree != world.size:
         raise ConfigError(f"{KEY}.sharding_degree={degree}: sharding_stage 2 shards over all "
                           f"{world.size} processes (set sharding_degree to {world.size} or null)")
@@ -169,7 +178,7 @@ def _owned_names(optimizer):
     """Paddle names of the parameters whose optimizer state lives on this rank."""
     if hasattr(optimizer, "_rank2params"):  # stage 1
         return {q.name for q in optimizer._rank2params[optimizer._sharding_rank]}
-    rank = optimizer._group.rank  # stage 2: GroupShardedOptimizerStage2 (unverified)
+    rank = optimizer._rank  # stage 2: GroupShardedOptimizerStage2 (unverified)
     return {n for n, r in optimizer.param2rank.items() if r == rank}
 
 
