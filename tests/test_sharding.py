@@ -162,6 +162,18 @@ def test_each_rank_holds_moments_for_its_share_only(unclipped):
     assert len(held[0]) < n and len(held[1]) < n
 
 
+def test_sharded_checkpoint_holds_the_whole_optimizer_state(unclipped):
+    """Rank 0 writes every rank's shard: the sharded run's .pdopt is the plain DP run's, key for
+    key and bitwise (structured names: the file does not depend on the sharding)."""
+    root, _, _ = unclipped
+    sh, dp = _pdopt(latest(root / "sh")), _pdopt(latest(root / "dp"))
+    assert sh.keys() == dp.keys()
+    assert sum(k.endswith("_moment1_0") for k in sh) == unclipped[1][0]["n_params"]
+    for k, v in dp.items():
+        if k != "LR_Scheduler":
+            np.testing.assert_array_equal(sh[k], v, err_msg=k)
+
+
 @pytest.fixture(scope="module")
 def clipped(tmp_path_factory, data_root, recorder):
     root = tmp_path_factory.mktemp("clipped")

@@ -110,11 +110,11 @@ def _rename_keys(state, mapping):
 
 
 def optimizer_state(optimizer, model, world=distributed.World()):
-    """Optimizer state keyed by structured names (`blocks.0.attn.qkv.weight_moment1_0`), whole:
-    under ZeRO sharding every rank's shard is gathered (a collective), so the .pdopt does not
-    depend on the sharding or the world size that wrote it."""
+    """Optimizer state keyed by structured names (`blocks.0.attn.qkv.weight_moment1_0`), whole
+    on rank 0: under ZeRO sharding every rank's shard is gathered there (a collective; the other
+    ranks get {}), so the .pdopt does not depend on the sharding or world size that wrote it."""
     to_struct = {p.name: n for n, p in model.named_parameters()}
-    return _rename_keys(sharding.full_state_dict(optimizer, world), to_struct)
+    return _rename_keys(sharding.gather_state_dict(optimizer, world), to_struct)
 
 
 def load_optimizer_state(optimizer, model, state):

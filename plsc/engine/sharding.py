@@ -34,7 +34,7 @@ reduces every micro-batch (the stage-2 model has no no_sync). Stage 3 is refused
 optimizer state is sliced inside parameters and would not consolidate into a portable .pdopt.
 `offload` exists only in group_sharded_parallel, for pure fp16 (FP16.level O2, float16).
 
-Checkpoints stay portable: `full_state_dict` gathers every rank's shard (a collective) so rank 0
+Checkpoints stay portable: `gather_state_dict` collects every rank's shard on rank 0, which
 writes the usual .pdopt; `set_state_dict` takes this rank's entries from such a full state, so a
 set written with any sharding and world size loads with any other.
 """
@@ -192,31 +192,45 @@ def _param_of(key, names):
 
 
 # ------------------------------------------------------------------ checkpoint halves
-def _plain(value):
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    return value.numpy() if isinstance(value, paddle.Tensor) else value
+def _state_tensors(state):
+    """{key: tensor} of a paddle optimizer state_dict: the per-parameter accumulators, and the
+    master weights keyed ("master_weights", name)."""
+    out = {k: v for k, v in state.items() if isinstance(v, paddle.Tensor)}
+    for name, w in (state.get("master_weights") or {}).items():
+        out[("master_weights", name)] = w
+    return out
 
 
-def full_state_dict(optimizer, world):
-    """The whole optimizer's state_dict (paddle names). A collective under sharding: every
-    rank's shard is gathered (as numpy) and merged; shards hold disjoint parameters, and the
-    entries every rank has (the LR scheduler) are equal."""
+def gather_state_dict(optimizer, world):
+    """The whole optimizer state_dict (paddle names) on rank 0, the writer; {} on the other
+    ranks under sharding. A collective: each state tensor is broadcast from a rank that holds it,
+    one at a time, so no rank needs more memory than its shard plus one tensor (rank 0 collects
+    all of it on the host; all_gather_object would put every shard on every device at once)."""
     if not is_sharded(optimizer):
         return optimizer.state_dict()
-    merged = {}
-    for part in distributed.gather_objects(_plain(_inner(optimizer).state_dict()), world):
-        for key, value in part.items():
-            if key == "master_weights":
-                merged.setdefault(key, {}).update(value)
+    local = _inner(optimizer).state_dict()
+    mine = _state_tensors(local)
+    held = distributed.gather_objects(
+        {k: (list(v.shape), str(v.dtype).replace("paddle.", "")) for k, v in mine.items()}, world)
+    # not per-parameter (the LR scheduler's state): equal on every rank
+    merged = {k: v for k, v in local.items() if k not in mine and k != "master_weights"}
+    done = set()
+    for src, keys in enumerate(held):  # the same order on every rank
+        for key in sorted(set(keys) - done, key=str):
+            done.add(key)
+            shape, dtype = keys[key]
+            value = distributed.broadcast_array(
+                mine[key].numpy() if world.rank == src else None, shape, dtype, src)
+            if isinstance(key, tuple):
+                merged.setdefault("master_weights", {})[key[1]] = value
             else:
-                merged.setdefault(key, value)
-    return merged
+                merged[key] = value
+    return merged if world.is_main else {}
 
 
 def set_state_dict(optimizer, state):
     """Load a full optimizer state (paddle names); a sharded rank keeps only its shard's entries
-    (a full state from an unsharded run, or one consolidated by full_state_dict)."""
+    (a full state from an unsharded run, or one gathered by gather_state_dict)."""
     if not is_sharded(optimizer):
         optimizer.set_state_dict(state)
         return
