@@ -136,11 +136,9 @@ def _adopt_checkpoint_run(cfg, ctx, states, prefix):
     return ctx
 
 
-def _optim_wrapper(cfg, ctx, model, lr_scheduler, accum):
-    """The optimizer wrapper, with the model wrapped for data parallelism or ZeRO sharding
-    (sharding.py; the plan is checked first, so a refused setting builds nothing)."""
-    plan = sharding.plan(cfg.DistributedStrategy.sharding, ctx.world, ctx.device, cfg.FP16,
-                         ctx.logger.info)
+def _optim_wrapper(cfg, ctx, model, lr_scheduler, accum, plan):
+    """The optimizer wrapper, with the model wrapped for data parallelism or for ZeRO sharding
+    by `plan` (sharding.plan)."""
     use_o2 = cfg.FP16.level == "O2" and amp_lib.gpu_available()
     optimizer, clip = build_optimizer(dict(cfg.Optimizer), lr_scheduler, model,
                                       multi_precision=use_o2)
@@ -166,6 +164,9 @@ def build_trainer(cfg):
         prefix = checkpoint.resume_prefix(g.checkpoint, log=ctx.logger.warning)
         loaded = checkpoint.read_set(prefix)
         ctx = _adopt_checkpoint_run(cfg, ctx, loaded[2], g.checkpoint)
+    # checked before anything is built: a setting that cannot run here fails at once
+    plan = sharding.plan(cfg.DistributedStrategy.sharding, ctx.world, ctx.device, cfg.FP16,
+                         ctx.logger.info)
     model = build_model(cfg, ctx)
     eval_parts = build_eval_parts(cfg, ctx) if g.eval_during_train else None
     data, loss, metric = _train_parts(cfg, ctx)
@@ -178,7 +179,8 @@ def build_trainer(cfg):
     if effective:
         ctx.logger.info(effective)
     lr_scheduler = build_lr_scheduler(lr_cfg, g.epochs, steps_per_epoch)
-    model, dp_model, wrapper = _optim_wrapper(cfg, ctx, model, lr_scheduler, g.accum_steps)
+    model, dp_model, wrapper = _optim_wrapper(cfg, ctx, model, lr_scheduler, g.accum_steps,
+                                               plan)
     t = Trainer(ctx, model, dp_model, data, loss, metric, eval_parts, lr_scheduler, wrapper,
                 steps_per_epoch, total_steps)
     _restore(t, loaded, prefix)
