@@ -37,9 +37,13 @@ RECOMPUTE_SCHEMA = {
     "names": Field(List[str], []),
 }
 
+# ZeRO sharding (plsc/engine/sharding.py). stage 1: optimizer state; 2: + gradients (GPU/XPU);
+# 3 is refused there. sharding_degree: processes sharing one copy of the state (null = all; it
+# must divide the world size). offload: optimizer state to host memory (stage 2, pure fp16).
 SHARDING_SCHEMA = {
-    "sharding_stage": Field(PositiveInt, 1),
-    "sharding_degree": Field(PositiveInt, 1),
+    "sharding_stage": Field(Literal[1, 2, 3], 1),
+    "sharding_degree": Field(Optional[PositiveInt], None),
+    "offload": Field(bool, False),
 }
 
 # Weight EMA (plsc/engine/ema.py). PLSC's keys `decay` and `thres_steps`; EMA is on when `decay`

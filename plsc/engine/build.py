@@ -15,7 +15,7 @@ from ..models import build_model as build_registered_model
 from ..optim import build_lr_scheduler, build_optimizer
 from ..optim.lr import scaled_learning_rate
 from . import amp as amp_lib
-from . import checkpoint, distributed
+from . import checkpoint, sharding
 from . import ema as ema_lib
 from .context import RunContext, commit_run, setup_run
 from .optim_wrapper import OptimWrapper
@@ -142,12 +142,19 @@ def _adopt_checkpoint_run(cfg, ctx, states, prefix):
     return ctx
 
 
-def _optim_wrapper(cfg, ctx, model, lr_scheduler, accum):
+def _optim_wrapper(cfg, ctx, model, lr_scheduler, accum, plan):
+    """The optimizer wrapper, with the model wrapped for data parallelism or for ZeRO sharding
+    by `plan` (sharding.plan)."""
     use_o2 = cfg.FP16.level == "O2" and amp_lib.gpu_available()
     optimizer, clip = build_optimizer(dict(cfg.Optimizer), lr_scheduler, model,
                                       multi_precision=use_o2)
     model, optimizer, precision = amp_lib.setup(cfg.FP16, model, optimizer, ctx.logger)
-    dp_model = distributed.wrap_model(model, ctx.world)
+    dp_model, optimizer, precision.scaler = sharding.wrap(plan, model, optimizer,
+                                                          precision.scaler, ctx.world)
+    if plan is not None:
+        ctx.logger.info(sharding.describe(plan, optimizer))
+        if plan.stage == 2:  # each rank holds only its share of the gradients
+            clip = sharding.sharded_clip(clip, ctx.world)
     params = [p for p in model.parameters() if not p.stop_gradient]
     wrapper = OptimWrapper(optimizer, lr_scheduler, precision, params, clip, accum, ctx.world,
                            dp_model)
@@ -163,10 +170,10 @@ def build_trainer(cfg):
         prefix = checkpoint.resume_prefix(g.checkpoint, log=ctx.logger.warning)
         loaded = checkpoint.read_set(prefix)
         ctx = _adopt_checkpoint_run(cfg, ctx, loaded[2], g.checkpoint)
+    # checked before anything is built: a setting that cannot run here fails at once
+    plan = sharding.plan(cfg.DistributedStrategy.sharding, ctx.world, ctx.device, cfg.FP16,
+                         ctx.logger.info)
     model = build_model(cfg, ctx)
-    if cfg.DistributedStrategy.get("sharding"):
-        ctx.logger.warning("DistributedStrategy.sharding is not implemented yet: training with "
-                           "plain data parallelism (optimizer state replicated on every device)")
     eval_parts = build_eval_parts(cfg, ctx) if g.eval_during_train else None
     data, loss, metric = _train_parts(cfg, ctx)
     steps_per_epoch = _steps_per_epoch(cfg, ctx, data)
@@ -178,7 +185,8 @@ def build_trainer(cfg):
     if effective:
         ctx.logger.info(effective)
     lr_scheduler = build_lr_scheduler(lr_cfg, g.epochs, steps_per_epoch)
-    model, dp_model, wrapper = _optim_wrapper(cfg, ctx, model, lr_scheduler, g.accum_steps)
+    model, dp_model, wrapper = _optim_wrapper(cfg, ctx, model, lr_scheduler, g.accum_steps,
+                                               plan)
     t = Trainer(ctx, model, dp_model, data, loss, metric, eval_parts, lr_scheduler, wrapper,
                 steps_per_epoch, total_steps)
     _restore(t, loaded, prefix)

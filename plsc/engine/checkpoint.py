@@ -5,7 +5,8 @@ A set is `{dir}/{prefix}.{pdparams,pdopt,pdstates}`, plus `.pdema` when EMA is o
 - .pdparams: the model state dict in fp32 (loadable by PLSC and by our converters).
 - .pdopt: optimizer state keyed by the model's *structured* parameter names (Paddle keys it by
   auto-generated names like `linear_3.w_0`, which change with build order), the LR scheduler,
-  and the loss scaler.
+  and the loss scaler. Always the whole state: under ZeRO sharding rank 0 writes the shards
+  gathered from every rank, and each rank takes its shard back on load (sharding.py).
 - .pdstates: JSON. Run position (epochs done, micro-batches done in the next one, global step),
   best metric (null before any evaluation), seed, every rank's RNG, and the CRC32 of the
   .pdparams/.pdopt(/.pdema) it belongs to, and the EMA update count.
@@ -28,7 +29,7 @@ import paddle
 from ..errors import ConfigError, TrainingError
 from ..optim.lr import schedule_change, schedule_record
 from ..weights import assign, load_pickle, save_pickle
-from . import distributed, rng
+from . import distributed, rng, sharding
 from . import ema as ema_lib
 
 EXTS = (".pdparams", ".pdopt", ".pdstates")  # every set has these
@@ -108,15 +109,18 @@ def _rename_keys(state, mapping):
     return out
 
 
-def optimizer_state(optimizer, model):
-    """Optimizer state keyed by structured names (`blocks.0.attn.qkv.weight_moment1_0`)."""
+def optimizer_state(optimizer, model, world=distributed.World()):
+    """Optimizer state keyed by structured names (`blocks.0.attn.qkv.weight_moment1_0`), whole
+    on rank 0: under ZeRO sharding every rank's shard is gathered there (a collective; the other
+    ranks get {}), so the .pdopt does not depend on the sharding or world size that wrote it."""
     to_struct = {p.name: n for n, p in model.named_parameters()}
-    return _rename_keys(optimizer.state_dict(), to_struct)
+    return _rename_keys(sharding.gather_state_dict(optimizer, world), to_struct)
 
 
 def load_optimizer_state(optimizer, model, state):
+    """The inverse of optimizer_state(); a sharded rank keeps its shard's entries only."""
     to_paddle = {n: p.name for n, p in model.named_parameters()}
-    optimizer.set_state_dict(_rename_keys(state, to_paddle))
+    sharding.set_state_dict(optimizer, _rename_keys(state, to_paddle))
 
 
 def write_set(directory, prefix, objs, states):
@@ -251,7 +255,7 @@ def capture(t):
               "lr_schedule": schedule_record(t.lr_scheduler),
               "rng": distributed.gather_objects(rng.get_state(), t.ctx.world)}
     objs = {".pdparams": fp32_state_dict(t.model),
-            ".pdopt": {"optimizer": optimizer_state(t.optim.optimizer, t.model),
+            ".pdopt": {"optimizer": optimizer_state(t.optim.optimizer, t.model, t.ctx.world),
                        "lr_scheduler": t.lr_scheduler.state_dict(),
                        "scaler": t.optim.scaler_state()}}
     states["best_weights"] = t.cfg.EMA.best_model if t.ema is not None else "raw"

@@ -73,6 +73,14 @@ def gather_objects(obj, world):
     return out
 
 
+def broadcast_array(array, shape, dtype, src):
+    """`src`'s numpy array on every rank (others pass None with its shape and dtype). Goes
+    through a tensor on the current device: NCCL broadcasts device memory only."""
+    t = paddle.to_tensor(array) if array is not None else paddle.zeros(shape, dtype)
+    dist.broadcast(t, src=src)
+    return t.numpy()
+
+
 def barrier(world):
     if world.size > 1:
         dist.barrier()

@@ -13,6 +13,12 @@ global norm of the unscaled gradients is inf/nan on any rank (gradients are iden
 all-reduce, losses are not). Paddle's public API only: the scaler is driven by unscale_ / step /
 update and its scale is read from state_dict().
 
+Under ZeRO stage 1 (sharding.py) nothing here changes: gradients are all-reduced in backward as
+in plain data parallelism, so the norm, the clip and the skip decision see the full averaged
+gradients on every rank, and `optimizer.step()` (Paddle's sharding optimizer) updates this
+rank's shard and broadcasts the result. Under fp16 the all-reduced skip flag is also what makes
+the loss scaler's found-inf agree across shards: a step runs only when no rank saw inf/nan.
+
 Outcomes (StepResult.status):
 - "ok": optimizer and scheduler stepped.
 - "overflow": fp16 scaling overflowed; the scaler lowers the scale, weights stay, and the step
@@ -72,7 +78,8 @@ class OptimWrapper:
     def micro_context(self):
         """Wraps forward AND backward: DataParallel decides at forward time whether to sync."""
         last = self._micro + 1 == self.accum_steps
-        if self.world.size > 1 and not last and self.dp_model is not None:
+        # ZeRO stage 2's model reduces each gradient to its owner in every backward (no no_sync)
+        if self.world.size > 1 and not last and hasattr(self.dp_model, "no_sync"):
             return self.dp_model.no_sync()
         return contextlib.nullcontext()
 
