@@ -134,4 +134,4 @@ def test_cli_config_and_errors(tmp_path, capsys):
     code, out, err = run_cli(["ViT_base_patch16_22"], capsys)
     assert code == 2 and out == ""
     assert err == ["error: unknown model 'ViT_base_patch16_22'; did you mean "
-                   "'ViT_base_patch16_224' or 'ViT_base_patch8_224' or 'ViT_base_patch32_224'?"]
+                   "'ViT_base_patch16_224' or 'DeiT_base_patch16_224' or 'ViT_base_patch8_224'?"]
