@@ -6,15 +6,7 @@ import pytest
 from plsc.errors import ConfigError
 from plsc.optim import build_lr_scheduler
 from plsc.optim.lr import schedule_change, schedule_record
-
-
-def lrs(sched, n):
-    """The lr used by optimizer steps t = 0 .. n-1 (engine order: use lr, then step())."""
-    out = []
-    for _ in range(n):
-        out.append(sched())
-        sched.step()
-    return out
+from test_lr import lrs
 
 
 def timm_cosine(x, base, eta_min, warmup, warmup_lr, total, prefix=False):

@@ -26,7 +26,7 @@ import numpy as np
 from ..config import ge
 from ..errors import ConfigError
 from ..registry import SAMPLERS
-from .sampler import sample_seeds
+from .sampler import DistributedBatchSampler, sample_seeds
 
 EPOCH_MULTIPLE = 256  # DeiT's RASampler rounds the epoch down to a multiple of 256 samples
 
@@ -39,11 +39,11 @@ def epoch_samples(dataset_len):
 
 
 @SAMPLERS.register(runtime=("dataset", "rank", "world_size", "seed", "split"))
-class RepeatedAugSampler:
+class RepeatedAugSampler(DistributedBatchSampler):
     """PLSC's sampler keys (batch_size, shuffle, drop_last) plus DeiT's num_repeats (3); the
     dataset, rank, world_size, seed and split are runtime arguments from build_dataloader.
     shuffle defaults to True as in DeiT's RASampler (repeating an unshuffled order is rarely
-    wanted); PLSC's configs set it explicitly."""
+    wanted); PLSC's configs set it explicitly. set_epoch / set_start_iter are inherited."""
 
     def __init__(self, dataset, batch_size: Annotated[int, ge(1)], shuffle: bool = True,
                  drop_last: bool = False, num_repeats: Annotated[int, ge(1)] = 3, *,
@@ -51,31 +51,14 @@ class RepeatedAugSampler:
         if split != "train":
             raise ConfigError("RepeatedAugSampler is a training sampler; use "
                               "DistributedBatchSampler for DataLoader.Eval")
-        if not 0 <= rank < world_size:
-            raise ValueError(f"rank {rank} outside world of size {world_size}")
-        self.dataset = dataset
-        self.num_samples = len(dataset)
-        self.batch_size = batch_size
-        self.shuffle = shuffle
-        self.drop_last = drop_last
+        super().__init__(dataset, batch_size, shuffle, drop_last, rank=rank,
+                         world_size=world_size, seed=seed, split=split)
         self.num_repeats = num_repeats
-        self.rank = rank
-        self.world_size = world_size
-        self.seed = 0 if seed is None else int(seed)
-        self.epoch = 0
-        self._start_iter = 0
         if len(self) == 0:
             raise ConfigError(
                 f"RepeatedAugSampler: {self.num_samples} samples make an epoch of "
                 f"{self.samples_per_rank()} per device on {world_size} device(s), no batch of "
                 f"{batch_size}{' (drop_last)' if drop_last else ''}: lower the batch size")
-
-    def set_epoch(self, epoch):
-        self.epoch = int(epoch)
-
-    def set_start_iter(self, start_iter):
-        """Skip the first `start_iter` batches of the next pass (mid-epoch resume)."""
-        self._start_iter = int(start_iter)
 
     def samples_per_rank(self):
         return epoch_samples(self.num_samples) // self.world_size
