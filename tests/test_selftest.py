@@ -152,3 +152,30 @@ def test_peak_tflops_table(name, given, expected):
     peak, source = hardware.peak_tflops(name, given)
     assert peak == expected
     assert ("--peak-tflops" in source) == (expected is None or given is not None)
+
+
+def test_gpu_probe_report(monkeypatch):
+    """The throughput and memory rows from a given GPU measurement: MFU = 6 x MACs x images/s
+    / peak, with ViT-B/16's 17.56 GMACs per 224 px image (the published figure, e.g. timm's
+    17.6 GFLOPs counted as MACs), and the planned/measured ratio."""
+    from types import SimpleNamespace
+
+    from plsc.selftest import probe
+
+    monkeypatch.setattr(hardware, "half_reason", lambda dtype: None)
+    monkeypatch.setattr(hardware, "no_gpu_reason", lambda: None)
+    monkeypatch.setattr(hardware, "device_name", lambda: "NVIDIA A100-SXM4-80GB")
+    measured = {"ips": 1000.0, "peak": 50 * 2**30, "batch": 256, "plan": 55 * 2**30,
+                "macs": probe.count_macs(probe.spec_from_kwargs(
+                    probe.model_spec(probe.GPU_MODEL)))[0]}
+    ctx = {"args": SimpleNamespace(peak_tflops=None, batch=None), "probe": measured}
+    [row] = probe.check_throughput(ctx)
+    assert row.status == "PASS" and row.figure == "1000.0 img/s"
+    mfu = 6 * 17.56e9 * 1000 / 312e12
+    got = float(re.search(r"MFU ([\d.]+)%", row.note).group(1)) / 100
+    assert abs(got - mfu) < 0.002, row.note  # 33.8%, printed to 0.1%
+    assert "datasheet peak of A100" in row.note and "the planner's largest" in row.note
+    [mem] = probe.check_memory(ctx)
+    assert (mem.status, mem.figure) == ("PASS", "ratio 1.10")
+    ctx["probe"] = dict(measured, plan=40 * 2**30)  # the planner undershoots by 20%
+    assert probe.check_memory(ctx)[0].status == "FAIL"

@@ -19,6 +19,7 @@ def tiny_vit(attn_impl="auto"):
             "depth": 2, "num_heads": 2, "class_num": 4, "attn_impl": attn_impl}
 
 
+# epochs: more than `steps` need at any world size; max_train_step ends the run.
 def train_config(run_dir, data_root, device, batch_size=4, steps=3, model=None,
                  name="selftest.yaml", **sections):
     """Write `run_dir/<name>` and return its path. `sections`: top-level sections to
@@ -28,7 +29,7 @@ def train_config(run_dir, data_root, device, batch_size=4, steps=3, model=None,
                "transform_ops": NORMALIZE}
     cfg = {
         "Global": {"output_dir": os.path.join(str(run_dir), "out"), "device": device,
-                   "epochs": 1, "max_train_step": steps, "print_batch_step": 1, "seed": 7,
+                   "epochs": 10, "max_train_step": steps, "print_batch_step": 1, "seed": 7,
                    "eval_during_train": False},
         "Model": model or tiny_vit(),
         "Loss": {"Train": [{"CELoss": {"weight": 1.0}}]},
