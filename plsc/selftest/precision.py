@@ -21,9 +21,14 @@ def _device():
     return "cpu" if hardware.no_gpu_reason() else "gpu"
 
 
+# A repeat fp32 run: identical to the bit on CPU (measured); GPU kernels that reduce with atomic
+# adds (some backward passes) may sum in another order, so float32 noise is allowed there.
+REPEAT_TOL = {"cpu": 0.0, "gpu": 1e-6}
+
+
 def check_fp32(ctx):
-    """Two fp32 runs with one seed: finite losses, identical to the bit (what every equivalence
-    below relies on), and an fp32 checkpoint."""
+    """Two fp32 runs with one seed: finite losses, equal (what every equivalence below relies
+    on), and an fp32 checkpoint."""
     name = "fp32 training (3 steps, twice)"
     runs = []
     for i in range(2):
@@ -34,12 +39,13 @@ def check_fp32(ctx):
     ctx["fp32_losses"] = a
     if not all(map(math.isfinite, a)) or len(a) != 3:
         return [Result(name, FAIL, "", f"losses {a}: expected 3 finite values")]
-    diff = max(abs(x - y) for x, y in zip(a, b))
+    diff = max(abs(x - y) / abs(y) for x, y in zip(a, b))
+    tol = tolerance(REPEAT_TOL[_device()])
     dtypes = _checkpoint_dtypes(os.path.join(ctx["workdir"], "fp32_0"))
-    ok = diff == 0 and dtypes == {"float32"}
+    ok = diff <= tol and dtypes == {"float32"}
     return [Result(name, PASS if ok else FAIL, f"{diff:.3g}",
-                   f"3 finite losses; the repeat run's differ by {diff:.3g} (must be 0); "
-                   f"checkpoint dtypes {sorted(dtypes)}")]
+                   f"3 finite losses; the repeat run's differ by {diff:.3g} (relative, "
+                   f"tolerance {tol:.3g}); checkpoint dtypes {sorted(dtypes)}")]
 
 
 def _checkpoint_dtypes(run_dir):
