@@ -3,7 +3,7 @@
 from setuptools import find_packages, setup
 
 TOOLS = ["train", "eval", "export", "predict", "convert", "benchmark", "model_info",
-         "visualize_attention"]
+         "visualize_attention", "selftest"]
 
 setup(
     name="plsc",
