@@ -232,3 +232,22 @@ def test_stage3_layout_refuses_a_paddle_that_cuts_otherwise():
                                  _layer=SimpleNamespace(parameters=lambda: [weight]))
     with pytest.raises(TrainingError, match="cut parameter .* not as plsc's shard_slices.py"):
         s3.layout(other_rule, World())
+
+
+def test_stage3_slices_keep_their_weight_decay_exemption():
+    """A slice is a parameter named `slice@<name>`: plsc's no-decay rules (by name) must still
+    exempt it, for AdamW (paddle's apply_decay_param_fun) and MomentumL2 (its _no_decay)."""
+    from plsc.engine import sharding_stage3 as s3
+    from plsc.optim.optimizer import MomentumL2
+
+    w = paddle.create_parameter([3], "float32")
+    b = paddle.create_parameter([3], "float32")
+    adamw = paddle.optimizer.AdamW(parameters=[w, b], weight_decay=0.05,
+                                   apply_decay_param_fun=lambda name: name != b.name)
+    momentum = MomentumL2(parameters=[w, b], weight_decay=0.05, no_decay=[b.name])
+    for opt in (adamw, momentum):
+        s3.exempt_slices_too(opt)
+    decays = adamw._apply_decay_param_fun
+    assert decays(w.name) and decays("slice@" + w.name)
+    assert not decays(b.name) and not decays("slice@" + b.name)
+    assert momentum._no_decay == {b.name, "slice@" + b.name}
