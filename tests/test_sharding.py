@@ -217,7 +217,8 @@ def test_nonfinite_loss_on_one_rank_skips_the_step_on_all(tmp_path, data_root, r
     (["DistributedStrategy.sharding.sharding_stage=2"],
      "DistributedStrategy.sharding.sharding_stage 2 needs a GPU build of Paddle"),
     (["DistributedStrategy.sharding.sharding_stage=3"],
-     "DistributedStrategy.sharding.sharding_stage 3 is not supported"),
+     "DistributedStrategy.sharding.sharding_stage 3 needs a GPU build of Paddle "
+     "(group_sharded_parallel runs on GPU/XPU only); use sharding_stage 1 on CPU"),
     (["DistributedStrategy.sharding.sharding_stage=1", "DistributedStrategy.sharding.offload=true"],
      "DistributedStrategy.sharding.offload needs sharding_stage 2"),
     (["DistributedStrategy.sharding.sharding_degree=2"],

@@ -153,8 +153,8 @@ def _optim_wrapper(cfg, ctx, model, lr_scheduler, accum, plan):
                                                           precision.scaler, ctx.world)
     if plan is not None:
         ctx.logger.info(sharding.describe(plan, optimizer))
-        if plan.stage == 2:  # each rank holds only its share of the gradients
-            clip = sharding.sharded_clip(clip, ctx.world)
+    # stages 2 and 3: each rank holds only its share of the gradients
+    clip = sharding.step_clip(plan, clip, dp_model, optimizer, precision.scaler, ctx.world)
     params = [p for p in model.parameters() if not p.stop_gradient]
     wrapper = OptimWrapper(optimizer, lr_scheduler, precision, params, clip, accum, ctx.world,
                            dp_model)

@@ -6,7 +6,8 @@ A set is `{dir}/{prefix}.{pdparams,pdopt,pdstates}`, plus `.pdema` when EMA is o
 - .pdopt: optimizer state keyed by the model's *structured* parameter names (Paddle keys it by
   auto-generated names like `linear_3.w_0`, which change with build order), the LR scheduler,
   and the loss scaler. Always the whole state: under ZeRO sharding rank 0 writes the shards
-  gathered from every rank, and each rank takes its shard back on load (sharding.py).
+  gathered from every rank, and each rank takes its shard back on load (sharding.py; under
+  stage 3 the .pdparams too is gathered whole, and each rank cuts its slices on load).
 - .pdstates: JSON. Run position (epochs done, micro-batches done in the next one, global step),
   best metric (null before any evaluation), seed, every rank's RNG, and the CRC32 of the
   .pdparams/.pdopt(/.pdema) it belongs to, and the EMA update count.
@@ -28,7 +29,7 @@ import paddle
 
 from ..errors import ConfigError, TrainingError
 from ..optim.lr import schedule_change, schedule_record
-from ..weights import assign, load_pickle, save_pickle
+from ..weights import load_pickle, save_pickle
 from . import distributed, rng, sharding
 from . import ema as ema_lib
 
@@ -109,18 +110,19 @@ def _rename_keys(state, mapping):
     return out
 
 
-def optimizer_state(optimizer, model, world=distributed.World()):
+def optimizer_state(optimizer, model, world=distributed.World(), dp_model=None):
     """Optimizer state keyed by structured names (`blocks.0.attn.qkv.weight_moment1_0`), whole
     on rank 0: under ZeRO sharding every rank's shard is gathered there (a collective; the other
-    ranks get {}), so the .pdopt does not depend on the sharding or world size that wrote it."""
+    ranks get {}), so the .pdopt does not depend on the sharding or world size that wrote it.
+    `dp_model`: the model as trained (ZeRO stage 3 keeps how it sliced the state there)."""
     to_struct = {p.name: n for n, p in model.named_parameters()}
-    return _rename_keys(sharding.gather_state_dict(optimizer, world), to_struct)
+    return _rename_keys(sharding.gather_state_dict(optimizer, world, dp_model), to_struct)
 
 
-def load_optimizer_state(optimizer, model, state):
+def load_optimizer_state(optimizer, model, state, dp_model=None, world=distributed.World()):
     """The inverse of optimizer_state(); a sharded rank keeps its shard's entries only."""
     to_paddle = {n: p.name for n, p in model.named_parameters()}
-    sharding.set_state_dict(optimizer, _rename_keys(state, to_paddle))
+    sharding.set_state_dict(optimizer, _rename_keys(state, to_paddle), dp_model, world)
 
 
 def write_set(directory, prefix, objs, states):
@@ -254,8 +256,11 @@ def capture(t):
               "accum_steps": t.optim.accum_steps,
               "lr_schedule": schedule_record(t.lr_scheduler),
               "rng": distributed.gather_objects(rng.get_state(), t.ctx.world)}
-    objs = {".pdparams": fp32_state_dict(t.model),
-            ".pdopt": {"optimizer": optimizer_state(t.optim.optimizer, t.model, t.ctx.world),
+    optimizer, world = t.optim.optimizer, t.ctx.world
+    with sharding.whole_weights(t.dp_model, optimizer, world):  # stage 3: gathered (collective)
+        params = fp32_state_dict(t.model)
+    objs = {".pdparams": params,
+            ".pdopt": {"optimizer": optimizer_state(optimizer, t.model, world, t.dp_model),
                        "lr_scheduler": t.lr_scheduler.state_dict(),
                        "scaler": t.optim.scaler_state()}}
     states["best_weights"] = t.cfg.EMA.best_model if t.ema is not None else "raw"
@@ -268,8 +273,10 @@ def capture(t):
 def restore(t, loaded, source):
     """Put what capture() saved back into trainer `t` (built with the checkpoint's seed)."""
     params, opt, st = loaded
-    assign(t.model, params, source)
-    load_optimizer_state(t.optim.optimizer, t.model, opt["optimizer"])
+    optimizer, world = t.optim.optimizer, t.ctx.world
+    # stage 3: every rank cuts its slices of the whole weights and optimizer state
+    sharding.assign_weights(t.model, params, source, t.dp_model, optimizer, world)
+    load_optimizer_state(optimizer, t.model, opt["optimizer"], t.dp_model, world)
     if opt.get("lr_scheduler"):
         t.lr_scheduler.set_state_dict(opt["lr_scheduler"])
         note = schedule_change(st.get("lr_schedule"), opt["lr_scheduler"].get("last_lr"),
@@ -280,7 +287,6 @@ def restore(t, loaded, source):
     s = t.state
     s.epoch, s.micro_in_epoch, s.global_step = st["epoch"], st["micro_in_epoch"], st["global_step"]
     s.best_top1, s.best_epoch = st["best_top1"], st["best_epoch"]
-    world = t.ctx.world
     if st["world_size"] == world.size:
         rng.set_state(st["rng"][world.rank])
     else:

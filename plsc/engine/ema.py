@@ -24,6 +24,7 @@ import numpy as np
 import paddle
 
 from ..errors import ConfigError
+from . import sharding_stage3
 
 
 @dataclass
@@ -39,14 +40,20 @@ def trainable(model):
 
 
 def _master_weights(optimizer):
-    """{paddle param name: fp32 master tensor}; empty unless O2 multi-precision keeps them."""
+    """{paddle param name: fp32 master tensor} that this rank holds; empty unless O2
+    multi-precision keeps them. Under ZeRO stages 1 and 2 only the parameters this rank owns
+    have one here (the owner updates them, then broadcasts the new fp16 weights)."""
     if optimizer is None:
         return {}
     return optimizer.state_dict().get("master_weights") or {}
 
 
 def _fp32_sources(model, optimizer):
-    """{name: the fp32 values the shadow averages}: the master weight where there is one."""
+    """{name: the fp32 values the shadow averages}: the master weight where this rank has one,
+    else the parameter cast to fp32. Under ZeRO sharding with O2 that is correct for the
+    parameters another rank owns: after the sharded step the owner broadcasts the updated
+    weights, so every rank holds them, rounded to fp16 (the shadow on rank 0, which is saved,
+    averages those as they are; exact fp32 would need every master gathered every step)."""
     masters = _master_weights(optimizer)
     out = {}
     for name, p in trainable(model):
@@ -63,6 +70,10 @@ def build(ema_cfg, model, optimizer=None):
     EMA.decay). Call it after the weights are loaded (pretrained or resumed)."""
     if ema_cfg is None or ema_cfg.get("decay") is None:
         return None
+    if sharding_stage3.is_stage3(optimizer):
+        raise ConfigError("EMA.decay: EMA averages whole weights, which ZeRO "
+                          "DistributedStrategy.sharding.sharding_stage 3 keeps on no rank; use "
+                          "sharding_stage 1 or 2 with EMA")
     if ema_cfg.get("best_model") == "ema" and not ema_cfg.get("ema_eval", True):
         raise ConfigError("EMA.best_model=ema needs EMA.ema_eval: true (best_model is chosen "
                           "by the EMA weights' evaluation)")

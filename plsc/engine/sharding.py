@@ -28,15 +28,21 @@ shards agree on found-inf before anything steps.
 Stage 2 (gradients sharded too) uses `paddle.distributed.sharding.group_sharded_parallel`
 (level 'os_g'), GPU/XPU only; written to Paddle's documentation, not run here (no GPU): each
 rank keeps only the reduced gradients it owns, so the global norm is the all-reduced sum of the
-owned squares (`sharded_clip`); under fp16 Paddle's GroupShardedScaler all-reduces found-inf
-over the group, and the wrapper's all-rank flag follows the all-reduced norm. Accumulation
-reduces every micro-batch (the stage-2 model has no no_sync). Stage 3 is refused: its
-optimizer state is sliced inside parameters and would not consolidate into a portable .pdopt.
-`offload` exists only in group_sharded_parallel, for pure fp16 (FP16.level O2, float16).
+owned squares (`sharded_clip`); under fp16 the scaler's found-inf is all-reduced over the group
+(sharding_stage3.GroupScaler: GradScaler.unscale_ bypasses Paddle's GroupShardedScaler, which
+would), and the wrapper's all-rank flag follows the all-reduced norm. Accumulation
+reduces every micro-batch (the stage-2 model has no no_sync). `offload` exists only in
+group_sharded_parallel, for pure fp16 (FP16.level O2, float16); plsc offers it with stage 2.
+
+Stage 3 (parameters sliced too) uses group_sharded_parallel (level 'p_g_os'), GPU/XPU only and
+unverified: the step's norm, the fp16 scaler and the checkpoints' consolidation are in
+sharding_stage3.py. On a CPU build stages 2 and 3 exit with one line naming what they need.
 
 Checkpoints stay portable: `gather_state_dict` collects every rank's shard on rank 0, which
-writes the usual .pdopt; `set_state_dict` takes this rank's entries from such a full state, so a
-set written with any sharding and world size loads with any other.
+writes the usual .pdopt (stage 3: every rank's slices joined into whole tensors, and whole
+weights in the .pdparams); `set_state_dict` takes this rank's entries from such a full state
+(stage 3: cuts them to this rank's slices), so a set written with any sharding and world size
+loads with any other.
 """
 import contextlib
 import logging
@@ -47,7 +53,10 @@ import numpy as np
 import paddle
 
 from ..errors import ConfigError
+from ..weights import assign
 from . import distributed
+from . import sharding_stage3 as stage3
+from .shard_slices import SEGMENT_SIZE
 
 KEY = "DistributedStrategy.sharding"
 
@@ -66,17 +75,15 @@ def plan(sharding_cfg, world, device, fp16_cfg, log):
         return None
     stage, degree = sharding_cfg["sharding_stage"], sharding_cfg.get("sharding_degree")
     offload = bool(sharding_cfg.get("offload"))
-    if stage == 3:
-        raise ConfigError(f"{KEY}.sharding_stage 3 is not supported: its optimizer state is "
-                          "sliced inside parameters and would not save as a portable checkpoint; "
-                          "use sharding_stage 1 or 2")
-    if stage == 2 and device not in ("gpu", "xpu"):
-        raise ConfigError(f"{KEY}.sharding_stage 2 needs a GPU build of Paddle "
+    if stage in (2, 3) and device not in ("gpu", "xpu"):
+        raise ConfigError(f"{KEY}.sharding_stage {stage} needs a GPU build of Paddle "
                           "(group_sharded_parallel runs on GPU/XPU only); use sharding_stage 1 "
                           "on CPU")
-    if offload and stage == 1:
+    if offload and stage != 2:
+        # stage 3's offloaded master weights live outside the optimizer state: not consolidated
         raise ConfigError(f"{KEY}.offload needs sharding_stage 2 (Paddle offloads optimizer "
-                          "state only in group_sharded_parallel)")
+                          "state only in group_sharded_parallel, and stage 3's offloaded master "
+                          "weights would not be saved whole)")
     fp16 = fp16_cfg or {}
     if offload and (fp16.get("level") != "O2" or fp16.get("dtype", "float16") != "float16"):
         raise ConfigError(f"{KEY}.offload needs FP16.level O2 with dtype float16 (Paddle "
@@ -90,8 +97,8 @@ def plan(sharding_cfg, world, device, fp16_cfg, log):
                           "process sub-groups, which Paddle's CPU backend (gloo) fails to create; "
                           f"on CPU shard over all processes (sharding_degree {world.size} or "
                           "null)")
-    if stage == 2 and degree != world.size:
-        raise ConfigError(f"{KEY}.sharding_degree={degree}: sharding_stage 2 shards over all "
+    if stage in (2, 3) and degree != world.size:
+        raise ConfigError(f"{KEY}.sharding_degree={degree}: sharding_stage {stage} shards over all "
                           f"{world.size} processes (set sharding_degree to {world.size} or null)")
     if degree == 1:
         log(f"{KEY}: sharding_degree 1 ({world.size} process(es)): nothing to shard, every "
@@ -130,14 +137,21 @@ def _stage1(p, model, optimizer, world):
     return paddle.DataParallel(model), sharded
 
 
-def _stage2(p, model, optimizer, scaler):
-    """GPU/XPU only; unverified here (see the module docstring)."""
+def _group_sharded(p, model, optimizer, scaler):
+    """Stages 2 and 3: GPU/XPU only; unverified here (see the module docstring)."""
     from paddle.distributed import fleet
     from paddle.distributed.sharding import group_sharded_parallel
 
+    level = {2: "os_g", 3: "p_g_os"}[p.stage]
+    if p.stage == 3:
+        stage3.exempt_slices_too(optimizer)
     with _quiet_fleet():
         fleet.init(is_collective=True)
-        return group_sharded_parallel(model, optimizer, "os_g", scaler=scaler, offload=p.offload)
+        model, optimizer, scaler = group_sharded_parallel(model, optimizer, level, scaler=scaler,
+                                                          offload=p.offload)
+    if scaler is not None:
+        scaler = stage3.GroupScaler(scaler, stage3=p.stage == 3)
+    return model, optimizer, scaler
 
 
 def wrap(p, model, optimizer, scaler, world):
@@ -147,11 +161,26 @@ def wrap(p, model, optimizer, scaler, world):
     if p.stage == 1:
         dp_model, optimizer = _stage1(p, model, optimizer, world)
         return dp_model, optimizer, scaler
-    return _stage2(p, model, optimizer, scaler)
+    return _group_sharded(p, model, optimizer, scaler)
+
+
+def step_clip(p, clip, dp_model, optimizer, scaler, world):
+    """The norm-and-clip callable the wrapper calls before a step under plan `p`: the plain
+    `clip` where every rank holds the whole averaged gradients (no plan, stage 1), else one
+    that all-reduces the squares of each rank's share."""
+    if p is None or p.stage == 1:
+        return clip
+    if p.stage == 2:
+        return sharded_clip(clip, world)
+    return stage3.norm_and_clip(clip, optimizer, dp_model, scaler is not None, world)
 
 
 def describe(p, optimizer):
     """One log line: how many parameters' optimizer state this rank holds."""
+    if p.stage == 3:
+        return (f"ZeRO stage 3: parameters, gradients and optimizer state sliced over {p.degree} "
+                f"processes (parameters over {SEGMENT_SIZE} elements; smaller ones are "
+                "whole on every rank)")
     owned, total = _owned_names(optimizer), _all_names(optimizer)
     level = {1: "optimizer state", 2: "optimizer state and gradients"}[p.stage]
     return (f"ZeRO stage {p.stage}: {level} sharded over {p.degree} processes; this rank "
@@ -160,7 +189,8 @@ def describe(p, optimizer):
 
 # ------------------------------------------------------------------ who owns which state
 def is_sharded(optimizer):
-    return hasattr(optimizer, "_param2rank") or hasattr(optimizer, "param2rank")
+    return (hasattr(optimizer, "_param2rank") or hasattr(optimizer, "param2rank")
+            or stage3.is_stage3(optimizer))
 
 
 def _inner(optimizer):
@@ -192,6 +222,21 @@ def _param_of(key, names):
 
 
 # ------------------------------------------------------------------ checkpoint halves
+def whole_weights(dp_model, optimizer, world):
+    """A context in which the model's parameters are whole on every rank (stage 3 gathers them
+    to the host; every other setting holds them whole already). A collective under stage 3."""
+    if stage3.is_stage3(optimizer):
+        return stage3.whole_weights(dp_model, world)
+    return contextlib.nullcontext()
+
+
+def assign_weights(model, state, source, dp_model, optimizer, world):
+    """plsc.weights.assign; under stage 3 each rank also cuts its slices from `state`."""
+    if stage3.is_stage3(optimizer):
+        return stage3.assign_weights(dp_model, model, optimizer, state, source, world)
+    return assign(model, state, source)
+
+
 def _state_tensors(state):
     """{key: tensor} of a paddle optimizer state_dict: the per-parameter accumulators, and the
     master weights keyed ("master_weights", name)."""
@@ -201,13 +246,16 @@ def _state_tensors(state):
     return out
 
 
-def gather_state_dict(optimizer, world):
+def gather_state_dict(optimizer, world, dp_model=None):
     """The whole optimizer state_dict (paddle names) on rank 0, the writer; {} on the other
     ranks under sharding. A collective: each state tensor is broadcast from a rank that holds it,
     one at a time, so no rank needs more memory than its shard plus one tensor (rank 0 collects
-    all of it on the host; all_gather_object would put every shard on every device at once)."""
+    all of it on the host; all_gather_object would put every shard on every device at once).
+    Stage 3 needs the stage-3 model `dp_model` (where Paddle keeps how it sliced)."""
     if not is_sharded(optimizer):
         return optimizer.state_dict()
+    if stage3.is_stage3(optimizer):
+        return stage3.gather_state(optimizer, dp_model, world)
     local = _inner(optimizer).state_dict()
     mine = _state_tensors(local)
     held = distributed.gather_objects(
@@ -228,11 +276,14 @@ def gather_state_dict(optimizer, world):
     return merged if world.is_main else {}
 
 
-def set_state_dict(optimizer, state):
+def set_state_dict(optimizer, state, dp_model=None, world=distributed.World()):
     """Load a full optimizer state (paddle names); a sharded rank keeps only its shard's entries
     (a full state from an unsharded run, or one gathered by gather_state_dict)."""
     if not is_sharded(optimizer):
         optimizer.set_state_dict(state)
+        return
+    if stage3.is_stage3(optimizer):
+        stage3.set_state(optimizer, dp_model, state, world)
         return
     names, owned = _all_names(optimizer), _owned_names(optimizer)
     local = {}
