@@ -1,6 +1,6 @@
 """Data parallelism and ZeRO sharding over the visible devices, each launched as a user would
 (launch.py: plsc's train CLI under paddle.distributed.launch): N devices at batch 4 each equal
-one device at batch 4N; sharding stages 1 and 2 equal plain data parallelism. On a CPU build the
+one device at batch 4N; sharding stages 1, 2 and 3 equal plain data parallelism. On a CPU build the
 devices are 2 gloo processes. Compared: the weights each run saves (max |difference|)."""
 import os
 from types import SimpleNamespace
