@@ -9,6 +9,7 @@ import numpy as np
 import paddle
 import pytest
 
+from plsc.errors import ConfigError
 from plsc.models import VisionTransformer
 from plsc.optim import build_lr_scheduler, build_optimizer
 from plsc.optim.fused_adamw import FusedAdamW
@@ -129,3 +130,14 @@ def test_in_training_under_zero_stage1(tmp_path, data_root):
     assert_same({k: np.asarray(v) for k, v in runs["fused"].items()},
                 {k: np.asarray(v) for k, v in runs["plain"].items()})
     assert "ZeRO stage 1" in (tmp_path / "fused/out/VisionTransformer/train.log").read_text()
+
+
+def test_refused_with_master_weights():
+    """AMP O2 (multi_precision): the fused kernel's fp16/bf16 path has no CPU kernel to check it
+    against, so the combination is refused in one line."""
+    lr = build_lr_scheduler({"name": "ViTLRScheduler", "learning_rate": 0.01}, 1, 10)
+    with pytest.raises(ConfigError) as e:
+        build_optimizer({"name": "AdamW", "use_multi_tensor": True}, lr, vit(),
+                        multi_precision=True)
+    assert str(e.value) == ("Optimizer.use_multi_tensor: true is not supported with FP16.level "
+                            "O2 (fp32 master weights); set use_multi_tensor: false")

@@ -139,9 +139,13 @@ def AdamW(betas: Tuple[Beta, Beta] = (0.9, 0.999), epsilon: Epsilon = None, eps:
     `use_multi_tensor: true` updates the parameters with Paddle's multi-tensor AdamW kernel,
     one call per group of parameters sharing lr scale and decay (plsc/optim/fused_adamw.py):
     the same update (bitwise on CPU, measured), fewer kernel launches. Off by default: on GPU it
-    is unverified, and on CPU it brings no speed.
+    is unverified, and on CPU it brings no speed. Refused with AMP O2 (`multi_precision`): its
+    fp16/bf16 master-weight path cannot be checked on CPU (no such CPU kernel).
     """
     del grad_clip, use_master_param, exp_avg_force_fp32
+    if use_multi_tensor and multi_precision:  # fp16/bf16 kernels exist on GPU only: unverified
+        raise ConfigError("Optimizer.use_multi_tensor: true is not supported with FP16.level O2 "
+                          "(fp32 master weights); set use_multi_tensor: false")
     beta1, beta2 = betas
     epsilon = next((e for e in (epsilon, eps) if e is not None), DEFAULT_EPSILON)
     decay, no_decay = _trainable(model, no_weight_decay_name, layer_decay, layerwise_decay)
