@@ -1,13 +1,13 @@
 """Metrics for the `Metric.Train` / `Metric.Eval` config lists.
 
 A metric returns COUNTS, not ratios: `{'top1': 37.0, 'top5': 60.0}` is the number of correct
-samples in the batch. The engine sums counts over batches and ranks and divides once by the
-exact number of samples, so uneven last batches and the distributed sampler's padding (dropped
+samples in the batch, as 0-d float32 tensors left on the device (training sums them there and
+reads them on the host only when it logs; a python float works too). The engine sums counts
+over batches and ranks and divides once by the exact number of samples, so uneven last batches and the distributed sampler's padding (dropped
 by the engine) cannot skew the average.
 """
 from typing import Annotated, List
 
-import numpy as np
 import paddle
 
 from .config import Rule, ge
@@ -42,8 +42,7 @@ class TopkAcc:
         # a label occurs at most once in a row of idx, so the running sum along k is 0/1:
         # "label within the first k"
         hits = (idx == label.unsqueeze(-1)).astype("float32").cumsum(axis=-1).sum(axis=0)
-        hits = np.asarray(hits.numpy(), dtype=np.float64)  # one host sync for all k
-        return {f"top{k}": float(hits[min(k, num_classes) - 1]) for k in self.topk}
+        return {f"top{k}": hits[min(k, num_classes) - 1] for k in self.topk}
 
 
 class CombinedMetric:

@@ -208,7 +208,7 @@ def test_clip_uses_one_global_norm_over_all_groups():
                    [{"params": [p for _, p in decay]}, {"params": [p for _, p in no_decay]}]):
         set_grads(named, grads)
         total = build_grad_clip({"name": "ClipGradByGlobalNorm", "clip_norm": 1.0})(params)
-        assert total == pytest.approx(norm, rel=1e-6)
+        assert float(total) == pytest.approx(norm, rel=1e-6)
         for n, p in named:  # every param scaled by the SAME factor clip / global norm
             np.testing.assert_allclose(p.grad.numpy(), grads[n] * (1.0 / norm), rtol=1e-5,
                                        atol=1e-7, err_msg=n)
@@ -226,7 +226,7 @@ def test_clip_below_threshold_and_params_without_grad():
     assert model.norm.weight.grad is None
     norm = np.sqrt(sum((g.astype(np.float64) ** 2).sum() for g in grads.values()))
     clip = ClipGradByGlobalNorm(clip_norm=10)
-    assert clip([p for _, p in named]) == pytest.approx(norm, rel=1e-6)
+    assert float(clip([p for _, p in named])) == pytest.approx(norm, rel=1e-6)
     for n, g in grads.items():
         np.testing.assert_array_equal(dict(named)[n].grad.numpy(), g)
     assert clip([]) == 0.0
@@ -242,7 +242,7 @@ def test_clip_norm_is_accumulated_in_float32_for_fp16_grads():
     g = np.full([4], 300.0, dtype=np.float16)
     params = [FakeParam(paddle.to_tensor(g)), FakeParam(paddle.to_tensor(g))]
     total = ClipGradByGlobalNorm(1.0e9)(params)
-    assert total == pytest.approx(np.sqrt(8 * 300.0 ** 2), rel=1e-6)
+    assert float(total) == pytest.approx(np.sqrt(8 * 300.0 ** 2), rel=1e-6)
     assert params[0].grad.dtype == paddle.float16
 
 

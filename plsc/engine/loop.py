@@ -2,12 +2,17 @@
 pass over the sampler, resumable mid-epoch) -> run_iter (one micro-batch). Precision,
 accumulation, clipping and skipping belong to the OptimWrapper; what a checkpoint holds to
 checkpoint.py; the weight EMA to ema.py; the loop decides only when things happen and what is
-logged."""
+logged.
+
+Losses and metric counts stay on the device between log lines (summed there in float64, the
+arithmetic of the python sums they replace): the host reads them once per [Train] line, so a
+step that logs nothing costs no host read beyond the OptimWrapper's one."""
 import os
 import time
 from dataclasses import dataclass, field
 
 import numpy as np
+import paddle
 
 from ..errors import TrainingError
 from ..optim.lr import warmup_warning
@@ -21,10 +26,11 @@ from .logger import Meter, format_eta, setup_logger
 @dataclass
 class Window:
     """What the next [Train] log line reports (reset after each line)."""
-    loss: Meter = field(default_factory=Meter)
+    loss_sum: object = 0.0  # device float64 sum of the counted steps' losses (0.0 before one)
+    loss_steps: int = 0
     batch_cost: Meter = field(default_factory=Meter)
     reader_cost: Meter = field(default_factory=Meter)
-    metric_sums: dict = field(default_factory=dict)
+    metric_sums: dict = field(default_factory=dict)  # name -> device float64 sum of counts
     metric_count: int = 0
     images: int = 0  # images this rank trained on, partial batches counted as they are
 
@@ -70,7 +76,7 @@ def run_epoch(t, progress=None):
             step_start = tic  # an optimizer step's cost includes all its micro-batches
         result, metrics, n = run_iter(t, images, labels, micro)
         for k, v in metrics.items():
-            window.metric_sums[k] = window.metric_sums.get(k, 0.0) + float(v)
+            window.metric_sums[k] = _add(window.metric_sums.get(k, 0.0), v)
         window.metric_count += n
         window.images += n
         progress.images += n
@@ -84,12 +90,30 @@ def run_epoch(t, progress=None):
     return False
 
 
+def _add(total, value):
+    """total + value, on the device in float64 when value is a tensor (no host read)."""
+    if isinstance(value, paddle.Tensor):
+        value = value.astype("float64")
+    return total + value
+
+
+def _window_means(window):
+    """(mean loss per counted step, {metric: mean per image}): ONE host read for all of them."""
+    keys = sorted(window.metric_sums)
+    sums = [window.loss_sum] + [window.metric_sums[k] for k in keys]
+    if any(isinstance(v, paddle.Tensor) for v in sums):
+        sums = paddle.stack([v.reshape([]) if isinstance(v, paddle.Tensor)
+                             else paddle.full([], v, "float64") for v in sums]).numpy()
+    loss = float(sums[0]) / max(window.loss_steps, 1)
+    return loss, {k: float(v) / max(window.metric_count, 1) for k, v in zip(keys, sums[1:])}
+
+
 def _check_step(t, result):
     """Counts the step or the skip; raises after Global.max_nan_steps skips in a row."""
     s, g, log = t.state, t.cfg.Global, t.logger
     if result.status == "nonfinite":
         s.nan_steps += 1
-        log.warning(f"loss is {result.loss} at step {s.global_step + 1}: update skipped "
+        log.warning(f"loss is {float(result.loss)} at step {s.global_step + 1}: update skipped "
                     f"({s.nan_steps}/{g.max_nan_steps})")
         if s.nan_steps >= g.max_nan_steps:
             raise TrainingError(
@@ -109,7 +133,8 @@ def _after_step(t, result, progress, step_in_epoch):
     """Logging, step-unit evaluation and the step limit; True when training must stop."""
     s, g, window = t.state, t.cfg.Global, progress.window
     if _check_step(t, result):
-        window.loss.update(result.loss)
+        window.loss_sum = _add(window.loss_sum, result.loss)
+        window.loss_steps += 1
     if result.status == "ok" and t.ema is not None:  # skipped steps left the weights as they were
         ema_lib.update(t.ema, t.model, t.optim.optimizer)
     if s.global_step % g.print_batch_step == 0 or step_in_epoch == t.steps_per_epoch:
@@ -169,14 +194,14 @@ def _log_step(t, lr, window, step_in_epoch):
     # images that exist (a partial last batch counts as what it holds), over all ranks
     ips = window.images * world.size / max(window.batch_cost.total, 1e-9)
     eta = (t.total_steps - s.global_step) * cost
-    avg = {k: v / max(window.metric_count, 1) for k, v in sorted(window.metric_sums.items())}
+    loss, avg = _window_means(window)
     metrics = "".join(f", {k}: {v:.5f}" for k, v in avg.items())
     t.logger.info(
         f"[Train][Epoch {s.epoch + 1}/{g.epochs}][Iter: {step_in_epoch}/{t.steps_per_epoch}]"
-        f"lr: {lr:.6g}, loss: {window.loss.avg:.5f}{metrics}, batch_cost: {cost:.4f}s, "
+        f"lr: {lr:.6g}, loss: {loss:.5f}{metrics}, batch_cost: {cost:.4f}s, "
         f"reader_cost: {window.reader_cost.avg:.5f}s, ips: {ips:.2f} images/sec, "
         f"eta: {format_eta(eta)}")
-    scalars = {"train/loss": window.loss.avg, "train/lr": lr, "train/ips": ips,
+    scalars = {"train/loss": loss, "train/lr": lr, "train/ips": ips,
                **{f"train/{k}": v for k, v in avg.items()}}
     for tag, value in scalars.items():
         t.ctx.scalars.add(tag, value, s.global_step)

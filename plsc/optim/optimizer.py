@@ -30,6 +30,7 @@ from ..config import Rule, between, ge, gt
 from ..errors import ConfigError
 from ..registry import OPTIMIZERS
 from .clip import build_grad_clip
+from .fused_adamw import FusedAdamW
 from .layer_decay import apply_layer_decay
 
 # For a model that does not say (a user's own paddle Layer): the usual ViT-style names.
@@ -124,7 +125,8 @@ def AdamW(betas: Tuple[Beta, Beta] = (0.9, 0.999), epsilon: Epsilon = None, eps:
           weight_decay: NonNegative = 0.0, no_weight_decay_name: NoWeightDecayName = FROM_MODEL,
           grad_clip: Optional[dict] = None, use_master_param: Optional[bool] = None,
           exp_avg_force_fp32: Optional[bool] = None, layer_decay: LayerDecay = None,
-          layerwise_decay: LayerDecay = None, *, model, learning_rate, multi_precision=False):
+          layerwise_decay: LayerDecay = None, use_multi_tensor: bool = False, *, model,
+          learning_rate, multi_precision=False):
     """paddle.optimizer.AdamW: decoupled decay p -= lr * weight_decay * p on non-exempt params,
     bias-corrected Adam update on all.
 
@@ -133,13 +135,23 @@ def AdamW(betas: Tuple[Beta, Beta] = (0.9, 0.999), epsilon: Epsilon = None, eps:
     accepted for compatibility only: fp32 master weights and fp32 moments follow
     `multi_precision`, which the engine turns on for AMP O2 (PLSC's O2 without master weights
     is a defect we do not reproduce).
+
+    `use_multi_tensor: true` updates the parameters with Paddle's multi-tensor AdamW kernel,
+    one call per group of parameters sharing lr scale and decay (plsc/optim/fused_adamw.py):
+    the same update (bitwise on CPU, measured), fewer kernel launches. Off by default: on GPU it
+    is unverified, and on CPU it brings no speed. Refused with AMP O2 (`multi_precision`): its
+    fp16/bf16 master-weight path cannot be checked on CPU (no such CPU kernel).
     """
     del grad_clip, use_master_param, exp_avg_force_fp32
+    if use_multi_tensor and multi_precision:  # fp16/bf16 kernels exist on GPU only: unverified
+        raise ConfigError("Optimizer.use_multi_tensor: true is not supported with FP16.level O2 "
+                          "(fp32 master weights); set use_multi_tensor: false")
     beta1, beta2 = betas
     epsilon = next((e for e in (epsilon, eps) if e is not None), DEFAULT_EPSILON)
     decay, no_decay = _trainable(model, no_weight_decay_name, layer_decay, layerwise_decay)
     exempt = {p.name for _, p in no_decay}  # paddle calls the rule with the unique param.name
-    return paddle.optimizer.AdamW(
+    adamw = FusedAdamW if use_multi_tensor else paddle.optimizer.AdamW
+    return adamw(
         learning_rate=learning_rate, beta1=beta1, beta2=beta2, epsilon=epsilon,
         parameters=[p for _, p in decay + no_decay], weight_decay=weight_decay,
         apply_decay_param_fun=lambda param_name: param_name not in exempt,
