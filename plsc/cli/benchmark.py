@@ -12,6 +12,7 @@ Other sections live beside these; `--help` lists them.
 """
 import argparse
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -21,10 +22,10 @@ from .bench_memory import add_parser as add_memory_parser, bench_memory
 from .common import run, use_all_cores
 
 
-def _train_config(model, batch_size, img_size, out_dir):
+def _train_config(model, batch_size, img_size, out_dir, to_static=False):
     return {
         "Global": {"output_dir": out_dir, "device": "cpu", "epochs": 1, "print_batch_step": 10**9,
-                   "seed": 0, "eval_during_train": False},
+                   "seed": 0, "eval_during_train": False, "to_static": to_static},
         "Model": {"name": model, "class_num": 1000, "img_size": img_size},
         "Loss": {"Train": [{"CELoss": {"weight": 1.0}}]},
         "LRScheduler": {"name": "ViTLRScheduler", "learning_rate": 1e-3, "warmup_steps": 0},
@@ -40,6 +41,25 @@ def _train_config(model, batch_size, img_size, out_dir):
 
 
 def bench_train(args):
+    """Per model: the engine's step, a bare Paddle loop over the same parts and, with
+    `--against timm`, timm + PyTorch's step on the same model, batch, loss, optimizer, clipping
+    and thread count, all interleaved round by round."""
+    from .bench_timm import VENV_HINT, find_timm_python
+
+    threads = int(os.environ.get("OMP_NUM_THREADS") or 1)
+    timm_python = None
+    if args.against == "timm":
+        timm_python = find_timm_python(args.timm_python)
+        if timm_python is None:
+            print(f"timm comparison skipped: torch/timm not importable here (set them up with "
+                  f"`{VENV_HINT}` and pass --timm-python /work/venv-timm/bin/python)")
+    for model in args.model:
+        _bench_train_model(args, model, threads, timm_python)
+
+
+def _paddle_runners(args, model_name, tmp):
+    """{'bare': step, 'engine': step} for one model, sharing the model's parameters; the run's
+    files go to the directory `tmp`."""
     import numpy as np
     import paddle
     import yaml
@@ -50,47 +70,71 @@ def bench_train(args):
     from ..loss import build_loss
     from ..optim import build_lr_scheduler, build_optimizer
 
-    with tempfile.TemporaryDirectory() as tmp:
-        path = os.path.join(tmp, "bench.yaml")
-        with open(path, "w") as f:
-            yaml.safe_dump(_train_config(args.model, args.batch_size, args.img_size, tmp), f)
-        cfg = get_config(path)
-        trainer = build_trainer(cfg)
-        trainer.logger.setLevel("WARNING")
-        rng = np.random.default_rng(0)
-        images = paddle.to_tensor(rng.standard_normal(
-            (args.batch_size, 3, args.img_size, args.img_size)).astype("float32"))
-        labels = paddle.to_tensor(rng.integers(0, 1000, args.batch_size).astype("int64"))
+    path = os.path.join(tmp, "bench.yaml")
+    with open(path, "w") as f:
+        yaml.safe_dump(_train_config(model_name, args.batch_size, args.img_size, tmp,
+                                     args.to_static), f)
+    cfg = get_config(path)
+    trainer = build_trainer(cfg)
+    trainer.logger.setLevel("WARNING")
+    rng = np.random.default_rng(0)
+    images = paddle.to_tensor(rng.standard_normal(
+        (args.batch_size, 3, args.img_size, args.img_size)).astype("float32"))
+    labels = paddle.to_tensor(rng.integers(0, 1000, args.batch_size).astype("int64"))
+    # A bare Paddle step: same model, loss, optimizer, clipping and LR schedule.
+    model = trainer.dp_model
+    loss_fn = build_loss(cfg.Loss.Train)
+    lr_scheduler = build_lr_scheduler(dict(cfg.LRScheduler), 1, 10**6)
+    opt, clip = build_optimizer(dict(cfg.Optimizer), lr_scheduler, trainer.model)
+    params = [p for p in trainer.model.parameters() if not p.stop_gradient]
 
-        # A bare Paddle step: same model, loss, optimizer, clipping and LR schedule.
-        model = trainer.model
-        loss_fn = build_loss(cfg.Loss.Train)
-        lr_scheduler = build_lr_scheduler(dict(cfg.LRScheduler), 1, 10**6)
-        opt, clip = build_optimizer(dict(cfg.Optimizer), lr_scheduler, model)
-        params = [p for p in model.parameters() if not p.stop_gradient]
+    def bare_step():
+        loss_fn(model(images), labels)["loss"].backward()
+        clip(params)
+        opt.step()
+        opt.clear_grad()
+        lr_scheduler.step()
 
-        def bare_step():
-            loss_fn(model(images), labels)["loss"].backward()
-            clip(params)
-            opt.step()
-            opt.clear_grad()
-            lr_scheduler.step()
-
-        # The engine's own train step, fed from memory so that only the step itself is compared.
-        ips = _timed({"bare": bare_step, "engine": lambda: run_iter(trainer, images, labels)},
-                     args.batch_size, args.steps, args.repeats)
-        ips_bare, ips_eng = ips["bare"], ips["engine"]
-        threads = os.environ.get("OMP_NUM_THREADS", "?")
-        print(f"train {args.model} {args.img_size}px batch {args.batch_size}, "
-              f"{args.steps} steps x {args.repeats}, {threads} thread(s):")
-        print(f"  bare paddle loop : {ips_bare:8.2f} images/s")
-        print(f"  plsc engine      : {ips_eng:8.2f} images/s")
-        print(f"  engine overhead  : {100 * (ips_bare / ips_eng - 1):+.2f}%  (target < 3%)")
+    # The engine's own train step, fed from memory so that only the step itself is compared.
+    return {"bare": bare_step, "engine": lambda: run_iter(trainer, images, labels)}
 
 
-def _timed(runners, batch_size, steps, repeats):
-    """{name: median images/s} of `steps` calls of each runner, interleaved over `repeats`
-    rounds (after one warm-up call each) so load drift on a shared machine hits all alike."""
+def _bench_train_model(args, model_name, threads, timm_python):
+    from .bench_timm import TimmWorker, timm_name
+
+    tmp = tempfile.mkdtemp(prefix="plsc-bench-")
+    runners = _paddle_runners(args, model_name, tmp)
+    worker = None
+    if timm_python:
+        worker = TimmWorker(timm_python, timm_name(model_name), args.batch_size, args.img_size,
+                            threads, lr=1e-3, weight_decay=0.05, clip=1.0)
+        if worker.hello.get("ok"):
+            runners["timm"] = worker.step
+        else:
+            print(f"timm comparison skipped for {model_name}: {worker.hello.get('error')}")
+    try:
+        stats = _timed_stats(runners, args.batch_size, args.steps, args.repeats)
+    finally:
+        if worker is not None:
+            worker.close()
+        shutil.rmtree(tmp, ignore_errors=True)
+    mode = "to_static" if args.to_static else "dygraph"
+    print(f"train {model_name} {args.img_size}px batch {args.batch_size} ({mode}), "
+          f"{args.steps} steps x {args.repeats} rounds, {threads} thread(s):")
+    names = {"bare": "bare paddle loop", "engine": "plsc engine", "timm": "timm + torch"}
+    for name, (median, low, high) in stats.items():
+        print(f"  {names[name]:<17}: {median:8.2f} images/s  (range {low:.2f}-{high:.2f})")
+    bare, eng = stats["bare"][0], stats["engine"][0]
+    print(f"  engine overhead  : {100 * (bare / eng - 1):+.2f}%  (target < 3%)")
+    if "timm" in stats:
+        versions = f"timm {worker.hello['timm']}, torch {worker.hello['torch']}"
+        print(f"  plsc / timm      : x{eng / stats['timm'][0]:.2f}  (engine over {versions})")
+
+
+def _timed_stats(runners, batch_size, steps, repeats):
+    """{name: (median, lowest, highest) images/s} of `steps` calls of each runner, interleaved
+    over `repeats` rounds (after one warm-up call each) so load drift on a shared machine hits
+    all alike."""
     for fn in runners.values():
         fn()
     times = {name: [] for name in runners}
@@ -100,7 +144,13 @@ def _timed(runners, batch_size, steps, repeats):
             for _ in range(steps):
                 fn()
             times[name].append(time.perf_counter() - t)
-    return {name: batch_size * steps / statistics.median(ts) for name, ts in times.items()}
+    return {name: (batch_size * steps / statistics.median(ts), batch_size * steps / max(ts),
+                   batch_size * steps / min(ts)) for name, ts in times.items()}
+
+
+def _timed(runners, batch_size, steps, repeats):
+    """{name: median images/s} (see _timed_stats)."""
+    return {k: v[0] for k, v in _timed_stats(runners, batch_size, steps, repeats).items()}
 
 
 def bench_inference(args):
@@ -187,7 +237,13 @@ def main(argv=None):
                                          formatter_class=argparse.RawDescriptionHelpFormatter)
         sub = parser.add_subparsers(dest="section", required=True)
         t = sub.add_parser("train", help="training images/s and engine overhead")
-        t.add_argument("--model", default="ViT_tiny_patch16_224")
+        t.add_argument("--model", nargs="+", default=["ViT_tiny_patch16_224"])
+        t.add_argument("--against", choices=["timm"], default=None,
+                       help="also time timm + PyTorch on the same model and step")
+        t.add_argument("--timm-python", default=None, metavar="PATH",
+                       help="python of an environment with torch and timm (default: this one)")
+        t.add_argument("--to-static", action="store_true",
+                       help="train with Global.to_static (paddle.jit.to_static forward)")
         t.add_argument("--batch-size", type=int, default=32)
         t.add_argument("--img-size", type=int, default=224)
         t.add_argument("--steps", type=int, default=5)
