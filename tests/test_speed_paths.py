@@ -88,6 +88,8 @@ def test_to_static_training_equals_dygraph_over_3_steps(tmp_path, data_root):
         _train(path, f"Global.output_dir={outs[mode]}", f"Global.to_static={mode}")
     dy, st = _weights(outs[False]), _weights(outs[True])
     assert set(dy) == set(st)
+    log = open(os.path.join(outs[True], "VisionTransformer", "train.log")).read()
+    assert "Global.to_static: the model's forward runs as a static graph" in log
     # Training happened (the zero-initialised head moved), so equal weights mean equal steps.
     assert float(np.abs(dy["head.weight"]).max()) > 1e-4
     diff = max(float(np.abs(dy[k] - st[k]).max()) for k in dy)
@@ -187,3 +189,18 @@ def test_against_timm_runs_both_frameworks():
     out = r.stdout
     assert re.search(r"^  timm \+ torch +: +[0-9.]+ images/s", out, re.M), out
     assert re.search(r"^  plsc / timm +: x[0-9.]+", out, re.M), out
+
+
+def test_apis_to_static_classifier_equals_dygraph(trained):
+    from plsc.apis import init_model
+    from plsc.config import get_config
+
+    path, weights, export_dir = trained
+    batch = np.random.default_rng(3).standard_normal((3, 3, 16, 16)).astype(np.float32)
+    dygraph = init_model(path, weights, device="cpu").logits(batch)
+    static = init_model(get_config(path, ["Global.to_static=True"]), weights,
+                        device="cpu").logits(batch)
+    exported = init_model(export_dir, device="cpu").logits(batch)
+    assert np.abs(dygraph).max() > 1e-3  # a trained head: the logits are not all zero
+    np.testing.assert_allclose(static, dygraph, rtol=0, atol=1e-5)
+    np.testing.assert_allclose(exported, dygraph, rtol=0, atol=1e-5)

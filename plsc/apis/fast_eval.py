@@ -38,7 +38,7 @@ class PredictorModel:
         return paddle.to_tensor(self._output.copy_to_cpu())
 
 
-def exported_eval_model(model_dir, cfg, device="cpu", threads=None):
+def exported_eval_model(model_dir, cfg, device="cpu", threads=None, precision="fp32"):
     """PredictorModel of the exported `model_dir` for evaluating `cfg`: the export must be of
     the config's model at the config's resolution (its weights replace Global.pretrained_model)."""
     files = export_files(model_dir)
@@ -48,6 +48,6 @@ def exported_eval_model(model_dir, cfg, device="cpu", threads=None):
         raise ConfigError(f"--exported {model_dir} holds {name} at {shape[1]}px but the config "
                           f"evaluates {cfg.Model.name}"
                           + (f" at {size}px" if size is not None else ""))
-    logger.info(f"evaluating through the exported predictor in {model_dir} (oneDNN)")
-    return PredictorModel(create_predictor(files["model"], files["params"], device,
-                                           threads=threads))
+    logger.info(f"evaluating through the exported predictor in {model_dir} ({precision})")
+    return PredictorModel(create_predictor(files["model"], files["params"], device, precision,
+                                           threads))

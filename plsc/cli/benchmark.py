@@ -3,9 +3,13 @@
     python tools/benchmark.py train --model ViT_tiny_patch16_224 --batch-size 32 --steps 10
         training images/s of the engine, and of a bare Paddle loop over the same model, batch,
         loss, optimizer and clipping; prints the engine's overhead in percent (target: < 3%).
+        --against timm [--timm-python PATH]: also timm + PyTorch (run by that python, see
+        plsc/cli/bench_timm.py) on the same model, step and thread count; --to-static.
     python tools/benchmark.py inference --model ViT_tiny_patch16_224 --batch-size 8
         inference images/s of the dygraph model, the exported fp32 predictor (oneDNN) and the
         bf16 predictor where the CPU supports it, with ratios vs dygraph.
+    python tools/benchmark.py eval --model ViT_tiny_patch16_224 --images 64
+        evaluation inside training vs tools/eval.py (and its --exported fast path), same data.
     python tools/benchmark.py memory [--models ...] [--batch-sizes 4 16]
         the memory planner's estimate vs the measured peak of one training step (CPU, fp32).
 Other sections live beside these; `--help` lists them.
@@ -18,6 +22,7 @@ import sys
 import tempfile
 import time
 
+from .bench_eval import add_parser as add_eval_parser, bench_eval
 from .bench_memory import add_parser as add_memory_parser, bench_memory
 from .common import run, use_all_cores
 
@@ -228,7 +233,7 @@ def bench_convert(args):
 
 
 SECTIONS = {"train": bench_train, "inference": bench_inference, "convert": bench_convert,
-            "memory": bench_memory}
+            "memory": bench_memory, "eval": bench_eval}
 
 
 def main(argv=None):
@@ -263,6 +268,7 @@ def main(argv=None):
                                            "for a full-size ViT-B/16")
         c.add_argument("--debug", action="store_true")
         add_memory_parser(sub)
+        add_eval_parser(sub)
         args = parser.parse_args(argv)
         use_all_cores()
         SECTIONS[args.section](args)

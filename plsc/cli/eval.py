@@ -15,6 +15,9 @@ def main():
         parser.add_argument("--exported", metavar="DIR", default=None,
                             help="evaluate this exported model directory (its weights) through "
                                  "the paddle.inference predictor")
+        parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
+                            help="with --exported on CPU: bf16 runs oneDNN bf16 kernels (needs "
+                                 "AVX512-BF16 or AMX); compare its accuracy with fp32's")
         args = parser.parse_args()
         cfg = config_from_args(args)
         g = cfg.Global
@@ -26,13 +29,17 @@ def main():
         if not g.pretrained_model and not args.exported:
             g.pretrained_model = g.checkpoint
         threads = use_all_cores()
-        result = _evaluate(cfg, args.exported, threads)
+        if args.precision != "fp32" and not args.exported:
+            from ..errors import ConfigError
+
+            raise ConfigError("--precision bf16 is for exported models: add --exported DIR")
+        result = _evaluate(cfg, args.exported, threads, args.precision)
         print("eval: " + ", ".join(f"{k}={v:.5f}" for k, v in result.items()))
 
     run(_main)
 
 
-def _evaluate(cfg, exported, threads):
+def _evaluate(cfg, exported, threads, precision="fp32"):
     from ..engine import evaluate
 
     if not exported:
@@ -46,7 +53,7 @@ def _evaluate(cfg, exported, threads):
     import paddle
 
     device = paddle.device.get_device() if ctx.device == "gpu" else "cpu"  # gpu:N of this rank
-    model = exported_eval_model(exported, cfg, device, threads)
+    model = exported_eval_model(exported, cfg, device, threads, precision)
     return run_evaluation(model, parts, precision, ctx.world, ctx.logger)
 
 
