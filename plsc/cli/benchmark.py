@@ -159,19 +159,21 @@ def _timed(runners, batch_size, steps, repeats):
 
 
 def bench_inference(args):
-    """Inference images/s: dygraph (no_grad), the exported fp32 predictor (oneDNN) and, where
-    the CPU has bf16 kernels, the bf16 predictor; ratios vs dygraph."""
+    """Inference images/s: dygraph (no_grad), the dygraph model under paddle.jit.to_static
+    (Global.to_static), the exported fp32 predictor (oneDNN) and, where the CPU has bf16
+    kernels, the bf16 predictor; ratios vs dygraph, and each one's agreement with dygraph."""
     import numpy as np
     import paddle
 
-    from ..apis import bf16_supported, create_predictor, save_inference_model
+    from ..apis import bf16_supported, save_inference_model
     from ..models import build_model
 
     device = "cpu" if args.device is None else args.device
     paddle.set_device(device)
     paddle.seed(0)
-    model = build_model({"name": args.model, "class_num": 1000,
-                         **({"img_size": args.img_size} if args.img_size else {})})
+    model_cfg = {"name": args.model, "class_num": 1000,
+                 **({"img_size": args.img_size} if args.img_size else {})}
+    model = build_model(model_cfg)
     model.eval()
     with paddle.no_grad():  # the initial head is zero: random values make the diff meaningful
         head = model.head.weight
@@ -180,41 +182,61 @@ def bench_inference(args):
     batch = np.random.default_rng(0).standard_normal(
         (args.batch_size, 3, size, size)).astype("float32")
     x = paddle.to_tensor(batch)
-    with paddle.no_grad():
-        expected = model(x).numpy()
+    static = build_model(model_cfg)
+    static.set_state_dict(model.state_dict())
+    static.eval()
+    static = paddle.jit.to_static(static, full_graph=True)
 
-    def dygraph():
-        with paddle.no_grad():
-            return model(x).numpy()
+    def layer_runner(layer):
+        def run_layer():
+            with paddle.no_grad():
+                return layer(x).numpy()
+        return run_layer
 
-    runners, diffs = {"dygraph": dygraph}, {}
+    runners = {"dygraph": layer_runner(model), "to_static": layer_runner(static)}
     with tempfile.TemporaryDirectory() as tmp:
         files = save_inference_model(model, os.path.join(tmp, "inference"), (3, size, size))
         precisions = ["fp32"] + (["bf16"] if device == "cpu" and bf16_supported() else [])
         for precision in precisions:
-            predictor = create_predictor(files["model"], files["params"], device, precision)
-            handle = predictor.get_input_handle(predictor.get_input_names()[0])
-            output = predictor.get_output_handle(predictor.get_output_names()[0])
-
-            def run_predictor(predictor=predictor, handle=handle, output=output):
-                handle.reshape(list(batch.shape))
-                handle.copy_from_cpu(batch)
-                predictor.run()
-                return output.copy_to_cpu()
-
-            name = f"exported {precision}"
-            runners[name] = run_predictor
-            diffs[name] = float(np.abs(run_predictor() - expected).max())
-        ips = _timed(runners, args.batch_size, args.steps, args.repeats)
+            runners[f"exported {precision}"] = _predictor_runner(files, device, precision,
+                                                                  batch)
+        expected = runners["dygraph"]()
+        agreement = {name: _agreement(fn(), expected) for name, fn in runners.items()}
+        ips = _timed_stats(runners, args.batch_size, args.steps, args.repeats)
     threads = os.environ.get("OMP_NUM_THREADS", "?")
     print(f"inference {args.model} {size}px batch {args.batch_size} on {device}, "
           f"{args.steps} batches x {args.repeats} rounds, {threads} thread(s):")
-    for name, value in ips.items():
-        extra = f"  (max |logits - dygraph| {diffs[name]:.1e})" if name in diffs else ""
-        print(f"  {name:<14}: {value:8.2f} images/s  x{value / ips['dygraph']:.2f} vs dygraph"
-              f"{extra}")
+    for name, (value, low, high) in ips.items():
+        print(f"  {name:<14}: {value:8.2f} images/s  (range {low:.2f}-{high:.2f})  "
+              f"x{value / ips['dygraph'][0]:.2f} vs dygraph  {agreement[name]}")
     if device == "cpu" and not bf16_supported():
         print("  bf16: not supported on this CPU (needs AVX512-BF16 or AMX)")
+
+
+def _predictor_runner(files, device, precision, batch):
+    from ..apis import create_predictor
+
+    predictor = create_predictor(files["model"], files["params"], device, precision)
+    handle = predictor.get_input_handle(predictor.get_input_names()[0])
+    output = predictor.get_output_handle(predictor.get_output_names()[0])
+
+    def run_predictor():
+        handle.reshape(list(batch.shape))
+        handle.copy_from_cpu(batch)
+        predictor.run()
+        return output.copy_to_cpu()
+    return run_predictor
+
+
+def _agreement(logits, expected):
+    """'max |logits - dygraph| ..., top-1 agrees on k/n' (accuracy shown next to speed)."""
+    import numpy as np
+
+    diff = float(np.abs(logits - expected).max())
+    same = int((logits.argmax(-1) == expected.argmax(-1)).sum())
+    scale = float(np.abs(expected).max())
+    return (f"(max |logits - dygraph| {diff:.1e} of max |logit| {scale:.1e}, "
+            f"top-1 same on {same}/{len(expected)})")
 
 
 def bench_convert(args):

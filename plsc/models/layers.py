@@ -4,10 +4,11 @@ Every parameter is created with its final initializer (no re-initialisation pass
 ViT-H/14 costs one random fill per tensor. Initialisers follow the original JAX/Flax ViT:
 Dense kernels xavier-uniform, MLP biases N(0, 1e-6), other biases 0, patch conv LeCun normal.
 
-Speed notes (CPU, ViT-Ti/16 training): the math attention path permutes the fused qkv output
-once (einsum, a dense transpose) and runs one batched matmul pair; the scale multiplies the
-contiguous scores. Process-level settings (MKL CPU dispatch on AMD, glibc malloc thresholds)
-matter even more: see the model task report.
+Speed notes (CPU, ViT-Ti/16 training): the Linear layers of the blocks compute their bias
+gradient as a BLAS product (`_LinearCPU`; Paddle's reduction took a third of the step); the
+math attention path permutes the fused qkv output once (einsum, a dense transpose) and runs one
+batched matmul pair; the scale multiplies the contiguous scores. Process-level settings (MKL
+CPU dispatch on AMD, glibc malloc thresholds: plsc/cpu.py) matter as much.
 """
 import math
 
