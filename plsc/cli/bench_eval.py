@@ -70,6 +70,9 @@ def bench_eval(args):
         t.logger.setLevel("WARNING")
         images, labels = next(iter(t.train_data))
         run_iter(t, images, labels)  # gradients and AdamW moments now exist, as mid-training
+        with paddle.no_grad():  # a random head: logits that differ per image and per path
+            head = t.model.head.weight
+            head.set_value(paddle.randn(head.shape, dtype=head.dtype) * 0.02)
         paddle.save(t.model.state_dict(), os.path.join(tmp, "w.pdparams"))
         tool_cfg = get_config(path, [f"Global.pretrained_model={os.path.join(tmp, 'w')}"])
         ctx, model, parts, precision = build_evaluation(tool_cfg)
