@@ -145,6 +145,8 @@ def test_eval_to_static_equals_dygraph(trained):
     path, weights, _ = trained
     dygraph = _eval(path, weights)
     static = _eval(path, weights, None, "Global.to_static=True")
+    log = open(os.path.join(os.path.dirname(weights), "eval.log")).read()
+    assert log.count("Global.to_static: the model's forward runs as a static graph") == 1
     for k in dygraph:
         assert abs(static[k] - dygraph[k]) < 1e-5, (k, static[k], dygraph[k])
 
