@@ -15,7 +15,9 @@ exported model and of the dygraph model it came from agree (tests/test_export.py
 graph computes logits only: extract_feat and attention_map need the dygraph model.
 
 Modules: labels (class names), preprocess, classifier (Classifier, prediction, features),
-dygraph (a config's model), exported (export and paddle.inference predictors), rollout.
+dygraph (a config's model; Global.to_static gives a static-graph forward), exported (export and
+paddle.inference predictors), fast_eval (the evaluator over a predictor: tools/eval.py --exported),
+rollout.
 """
 import os
 

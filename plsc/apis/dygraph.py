@@ -65,6 +65,10 @@ def init_dygraph(config, checkpoint, device):
     cfg = as_config(config)
     paddle.set_device(device)
     model = build_dygraph(cfg, checkpoint)
+    if cfg.Global.get("to_static"):
+        # The config's fast path: logits from a static graph (a program per batch shape);
+        # extract_feat / attention maps call the dygraph methods, which stay as they are.
+        model = paddle.jit.to_static(model, full_graph=True)
     shape = input_shape(cfg, model)
     preprocess = Preprocess(eval_transform_ops(cfg, shape[1]), shape)
     names, _ = resolve_class_names(cfg, int(getattr(model, "class_num", 0) or 0))

@@ -71,6 +71,9 @@ FIXED_SECTIONS = {
         "save_interval": Field(PositiveInt, 1),
         "max_num_latest_checkpoint": Field(Annotated[int, ge(-1)], 0),
         "eval_during_train": Field(bool, True),
+        # paddle.jit.to_static the model's forward (training and evaluation), as PaddleClas'
+        # Global.to_static; plsc/engine/build.py to_static_model.
+        "to_static": Field(bool, False),
         "eval_interval": Field(PositiveInt, 1),
         "eval_unit": Field(Literal["epoch", "step"], "epoch"),
         "accum_steps": Field(PositiveInt, 1),

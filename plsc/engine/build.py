@@ -88,7 +88,24 @@ def build_model(cfg, ctx):
                                          form.get("names", ()))
         except ConfigError as e:
             raise ConfigError(f"DistributedStrategy.recompute.names: {e}") from None
-    return model
+    return to_static_model(cfg, model, ctx.logger)
+
+
+def to_static_model(cfg, model, logger):
+    """Global.to_static (PaddleClas' key): run the model's forward, in training and evaluation,
+    as a static graph (paddle.jit.to_static converts the Layer's forward in place; parameters,
+    state dict and optimizer stay the dygraph ones). Off by default: on CPU the dygraph step with
+    plsc's CPU kernels (plsc/models/layers.py) measured faster; see tools/benchmark.py train
+    --to-static."""
+    if not cfg.Global.to_static:
+        return model
+    if cfg.DistributedStrategy.recompute:
+        raise ConfigError("Global.to_static=True does not combine with "
+                          "DistributedStrategy.recompute: turn one of them off")
+    import paddle
+
+    logger.info("Global.to_static: the model's forward runs as a static graph")
+    return paddle.jit.to_static(model, full_graph=True)
 
 
 def build_eval_parts(cfg, ctx):
