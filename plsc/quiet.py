@@ -36,6 +36,11 @@ def before_paddle_import():
     """Settings Paddle reads when it is imported (harmless to call later: then no effect)."""
     os.environ.setdefault("GLOG_minloglevel", "1")
     warnings.filterwarnings("ignore", message="No ccache found", category=UserWarning)
+    # Global.to_static: building the training program, Paddle's dy2static reads `place` of its
+    # own graph values and warns that pir values have none (it then uses the current device);
+    # the warning names no user code and the program is correct (tests/test_speed_paths.py).
+    warnings.filterwarnings("ignore", message="Tensor do not have 'place' interface for pir",
+                            category=UserWarning)
 
 
 def _write_kept(text, drop):

@@ -16,3 +16,6 @@ def pytest_configure(config):
     # extensions, which plsc never does (the same filter as plsc/quiet.py, for pytest's own
     # per-test warning capture).
     config.addinivalue_line("filterwarnings", "ignore:No ccache found:UserWarning")
+    # Global.to_static: Paddle's dy2static warns about its own graph values (plsc/quiet.py).
+    config.addinivalue_line("filterwarnings",
+                            "ignore:Tensor do not have 'place' interface for pir:UserWarning")

@@ -135,8 +135,10 @@ class Linear(nn.Linear):
     """nn.Linear (same parameters and names) whose CPU training step uses `_LinearCPU`."""
 
     def forward(self, x):
+        # The device is asked of paddle, not of x: under to_static x is a graph value whose
+        # `place` only warns (and the static graph never takes this path anyway).
         if (self.bias is not None and self.training and paddle.in_dynamic_mode()
-                and paddle.is_grad_enabled() and x.place.is_cpu_place()
+                and paddle.is_grad_enabled() and paddle.get_device() == "cpu"
                 and not paddle.amp.is_autocast_enabled()):  # autocast: mixed-dtype gradients
             return _LinearCPU.apply(x, self.weight, self.bias)
         return super().forward(x)
