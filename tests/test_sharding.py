@@ -238,7 +238,8 @@ def test_refused_settings_are_one_line_exit_2(tmp_path, data_root, overrides, ex
 
 def test_cpu_refuses_sharding_sub_groups(tmp_path, data_root):
     """4 processes in 2 shards of 2 need gloo sub-groups, which Paddle fails to create: refused
-    by every rank in one line before any group is made."""
+    in one line before any group is made. Every rank refuses, but the launcher stops the others
+    as soon as the first one exits, so how many lines reach the logs depends on timing."""
     path = config(tmp_path, data_root, batch_size=2)
     r = run_tool("train", ["-c", path, "-o", "DistributedStrategy.sharding.sharding_degree=2"],
                  nproc=4, log_dir=tmp_path / "logs")
@@ -246,7 +247,7 @@ def test_cpu_refuses_sharding_sub_groups(tmp_path, data_root):
     assert r.returncode != 0
     expected = ("DistributedStrategy.sharding.sharding_degree=2 of 4 processes needs process "
                 "sub-groups")
-    assert sum(expected in line for line in logs.splitlines()) == 4, logs
+    assert sum(expected in line for line in logs.splitlines()) >= 1, logs
     assert "Traceback" not in logs
 
 

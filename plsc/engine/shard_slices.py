@@ -62,3 +62,13 @@ def unshard(slices, numel, shape):
     if flat.size < numel:
         raise ValueError(f"{len(slices)} slices hold {flat.size} elements, fewer than {numel}")
     return flat[:numel].reshape(shape)
+
+
+def param_of(key, names):
+    """The parameter an optimizer-state key `<param>_<acc>` belongs to (the longest name in
+    `names` that prefixes it, since `linear_1` also prefixes `linear_10_moment1_0`), or None."""
+    best = None
+    for name in names:
+        if key.startswith(name + "_") and (best is None or len(name) > len(best)):
+            best = name
+    return best

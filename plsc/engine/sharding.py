@@ -56,7 +56,7 @@ from ..errors import ConfigError
 from ..weights import assign
 from . import distributed
 from . import sharding_stage3 as stage3
-from .shard_slices import SEGMENT_SIZE
+from .shard_slices import SEGMENT_SIZE, param_of
 
 KEY = "DistributedStrategy.sharding"
 
@@ -212,15 +212,6 @@ def _owned_names(optimizer):
     return {n for n, r in optimizer.param2rank.items() if r == rank}
 
 
-def _param_of(key, names):
-    """The parameter an optimizer-state key `<param>_<acc>` belongs to (longest match)."""
-    best = None
-    for name in names:
-        if key.startswith(name + "_") and (best is None or len(name) > len(best)):
-            best = name
-    return best
-
-
 # ------------------------------------------------------------------ checkpoint halves
 def whole_weights(dp_model, optimizer, world):
     """A context in which the model's parameters are whole on every rank (stage 3 gathers them
@@ -291,7 +282,7 @@ def set_state_dict(optimizer, state, dp_model=None, world=distributed.World()):
         if key == "master_weights":
             local[key] = {k: v for k, v in value.items() if k in owned}
             continue
-        param = _param_of(key, names)
+        param = param_of(key, names)
         if param is None or param in owned:  # None: not per-parameter (LR_Scheduler)
             local[key] = paddle.to_tensor(value) if isinstance(value, np.ndarray) else value
     _inner(optimizer).set_state_dict(local)

@@ -195,22 +195,13 @@ def assign_weights(dp_model, model, optimizer, state, source, world):
 # ------------------------------------------------------------------ optimizer state
 # The halves are pure (numpy in, numpy out) but for `gather`, so tests/test_shard_slices.py runs
 # them for several simulated ranks on CPU.
-def _param_of(key, names):
-    """The parameter a state key `<param>_<acc>` belongs to (longest match), or None."""
-    best = None
-    for name in names:
-        if key.startswith(name + "_") and (best is None or len(name) > len(best)):
-            best = name
-    return best
-
-
 def _whole(ref, value, shapes, world, gather):
     """(plain key, whole numpy value) of one local state entry `ref` = (is_master, key): a slice
     of a moment or master weight is joined from every rank's (`gather`); the rest is equal on
     every rank (beta powers, whole parameters' state)."""
     key = ref[1]
     name = unsliced_name(key)
-    param = name if ref[0] else _param_of(name, shapes)
+    param = name if ref[0] else ss.param_of(name, shapes)
     if not key.startswith(SLICE) or param not in shapes:
         return name, np.asarray(value)
     shape, align = shapes[param]
@@ -257,7 +248,7 @@ def cut_state(state, shapes, world):
         if key == "master_weights":
             local[key] = dict(_cut(k, k, v, shapes, world) for k, v in value.items())
         else:
-            k, v = _cut(key, _param_of(key, shapes), value, shapes, world)
+            k, v = _cut(key, ss.param_of(key, shapes), value, shapes, world)
             local[k] = v
     return local
 
