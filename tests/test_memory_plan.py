@@ -16,7 +16,7 @@ import pytest
 from paddle.base import core
 
 from plsc import memory_plan as mp
-from plsc.cli.bench_memory import _measure_in_child
+from plsc.cli.bench_memory import measure_in_child
 from plsc.errors import ConfigError
 from plsc.models import build_model
 from plsc.models.layers import Block
@@ -96,7 +96,7 @@ def test_block_tensors_match_the_allocator(rates):
 def test_step_peak_against_the_allocator(recompute):
     """A whole AdamW step of a small named ViT (measured as tools/benchmark.py memory does)."""
     name, batch = "ViT_tiny_patch4_32", 8
-    got = _measure_in_child(name, batch, recompute)  # a fresh process, as the benchmark
+    got = measure_in_child(name, batch, recompute)  # a fresh process, as the benchmark
     plan = mp.memory_plan(VARIANTS[name].spec, batch, recompute=recompute, attn_impl="math")
     state = plan["params"] + plan["grads"] + plan["moments"]
     assert abs(state / got["state"] - 1) < 0.01

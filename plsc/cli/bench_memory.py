@@ -15,10 +15,10 @@ GPU correspond to nothing the planner counts (there, the overhead allowance cove
 """
 import json
 import os
-import subprocess
 import sys
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from ..child import run_json_child
+
 
 
 def measure(model, batch, recompute, seed=0):
@@ -60,15 +60,10 @@ def _current_rss():
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
-def _measure_in_child(model, batch, recompute):
-    job = json.dumps({"model": model, "batch": batch, "recompute": recompute})
-    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    r = subprocess.run([sys.executable, "-m", "plsc.cli.bench_memory", job],
-                       capture_output=True, text=True, env=env, cwd=ROOT)
-    lines = [ln for ln in r.stdout.splitlines() if ln.startswith("{")]
-    if r.returncode or not lines:
-        raise RuntimeError(f"memory measurement {job} failed:\n{r.stderr[-2000:]}")
-    return json.loads(lines[-1])
+def measure_in_child(model, batch, recompute):
+    """measure() in a fresh process: a process's allocator peak is only its own."""
+    return run_json_child("plsc.cli.bench_memory",
+                          {"model": model, "batch": batch, "recompute": recompute})
 
 
 def _row(model, batch, recompute):
@@ -78,7 +73,7 @@ def _row(model, batch, recompute):
 
     spec = spec_from_kwargs(model_spec(model))
     plan = memory_plan(spec, batch, recompute=recompute, attn_impl="math")  # CPU: math path
-    got = _measure_in_child(model, batch, recompute)
+    got = measure_in_child(model, batch, recompute)
     act = got["peak"] - got["state"]  # the step's own tensors, its input batch included
     return {"model": model, "batch": batch, "recompute": recompute,
             "plan_act": plan["activations"], "act": act,

@@ -21,7 +21,7 @@ from ..errors import ConfigError, DataError
 from .. import vit_spec
 from ..weights import read_state, save_pickle
 from .common import (Arch, arch_from_state, arch_label, check_layout, dump_model_yaml,
-                     model_config, name_list, require_file, square_grid, state_shapes,
+                     model_config, name_list, require_file, square_grid,
                      strip_pdparams, summary, text_writer, write_outputs)
 from .npz_names import ATT, MLP, official_shapes, official_to_ours, ours_to_official
 

@@ -5,7 +5,6 @@
 int index uses fresh OS entropy. Labels are int64 scalars, or float32 multi-hot [class_num] for
 multi-label lists. Every user-facing problem is a one-line DataError naming the file (and line).
 """
-import itertools
 import logging
 import lzma
 import multiprocessing

@@ -4,10 +4,10 @@ import os
 import subprocess
 import sys
 
+from ..child import child_env
 from . import hardware
 
 WORKER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "worker.py")
-PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def run_worker(ctx, nproc, args, tag, timeout=600):
@@ -19,9 +19,7 @@ def run_worker(ctx, nproc, args, tag, timeout=600):
     if hardware.gpu_count():
         cmd += ["--devices", ",".join(str(i) for i in range(nproc))]
     cmd += [WORKER, *map(str, args)]
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
-        p for p in (PACKAGE_ROOT, os.environ.get("PYTHONPATH")) if p))
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env,
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=child_env(),
                        cwd=ctx["workdir"])
     if r.returncode:
         raise RuntimeError(f"{nproc}-process launch failed (exit {r.returncode}); logs in "

@@ -12,11 +12,11 @@ measures CPU training); the planner is checked against Paddle's host allocator p
 fp32 AdamW step of ViT-Ti/16 (as tools/benchmark.py memory measures it).
 """
 import json
-import os
-import subprocess
 import sys
 import time
 
+from ..child import run_json_child
+from ..cli.bench_memory import measure_in_child
 from ..flops import count_macs, model_spec
 from ..memory_plan import max_batch, memory_plan
 from ..vit_spec import spec_from_kwargs
@@ -29,23 +29,6 @@ GPU_MODEL, CPU_MODEL, CPU_BATCH = "ViT_base_patch16_224", "ViT_tiny_patch16_224"
 # 10% its overhead allowance absorbs (not measured here: no GPU).
 BANDS = {"cpu": (1.0, 1.3), "gpu": (0.9, 1.5)}
 THROUGHPUT, MEMORY = "throughput ViT-B/16 fp16 O2", "memory planner vs measured peak"
-
-
-def _child(job):
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
-        p for p in (_package_root(), os.environ.get("PYTHONPATH")) if p))
-    module = "plsc.selftest.probe" if job["kind"] == "gpu" else "plsc.cli.bench_memory"
-    r = subprocess.run([sys.executable, "-m", module, json.dumps(job)], capture_output=True,
-                       text=True, env=env, timeout=900)
-    lines = [ln for ln in r.stdout.splitlines() if ln.startswith("{")]
-    if r.returncode or not lines:
-        tail = (r.stderr.strip().splitlines() or ["no output"])[-1]
-        raise RuntimeError(f"the measurement process failed (exit {r.returncode}): {tail}")
-    return json.loads(lines[-1])
-
-
-def _package_root():
-    return os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def gpu_probe(ctx):
@@ -68,7 +51,8 @@ def _gpu_probe(ctx):
     batch = ctx["args"].batch or max_batch(spec, total, precision="O2", optimizer="AdamW")
     if batch < 1:
         raise RuntimeError(f"the planner fits no batch of {GPU_MODEL} in {total / 2**30:.1f} GiB")
-    got = _child({"kind": "gpu", "model": GPU_MODEL, "batch": int(batch)})
+    got = run_json_child("plsc.selftest.probe", {"model": GPU_MODEL, "batch": int(batch)},
+                         timeout=900)
     plan = memory_plan(spec, batch, precision="O2", optimizer="AdamW")
     return dict(got, batch=batch, plan=plan["total"], macs=count_macs(spec)[0])
 
@@ -100,7 +84,7 @@ def check_memory(ctx):
 
 def _cpu_memory():
     spec = spec_from_kwargs(model_spec(CPU_MODEL))
-    got = _child({"kind": "cpu", "model": CPU_MODEL, "batch": CPU_BATCH, "recompute": False})
+    got = measure_in_child(CPU_MODEL, CPU_BATCH, recompute=False)
     plan = memory_plan(spec, CPU_BATCH, recompute=False, attn_impl="math")
     return _judge(f"{CPU_MODEL} fp32 batch {CPU_BATCH}, CPU allocator", plan["total"],
                   got["peak"], "cpu")
