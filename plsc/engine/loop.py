@@ -113,7 +113,9 @@ def _check_step(t, result):
     s, g, log = t.state, t.cfg.Global, t.logger
     if result.status == "nonfinite":
         s.nan_steps += 1
-        log.warning(f"loss is {float(result.loss)} at step {s.global_step + 1}: update skipped "
+        # the skip is agreed over ranks: this rank's loss may be finite when another's was not
+        log.warning(f"step {s.global_step + 1}: loss or gradients not finite on some rank "
+                    f"(this rank's loss {float(result.loss)}): update skipped "
                     f"({s.nan_steps}/{g.max_nan_steps})")
         if s.nan_steps >= g.max_nan_steps:
             raise TrainingError(
