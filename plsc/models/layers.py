@@ -4,8 +4,8 @@ Every parameter is created with its final initializer (no re-initialisation pass
 ViT-H/14 costs one random fill per tensor. Initialisers follow the original JAX/Flax ViT:
 Dense kernels xavier-uniform, MLP biases N(0, 1e-6), other biases 0, patch conv LeCun normal.
 
-Speed notes (CPU, ViT-Ti/16 training): the Linear layers of the blocks compute their bias
-gradient as a BLAS product (`_LinearCPU`; Paddle's reduction took a third of the step); the
+Speed notes (CPU, ViT-Ti/16 training): the blocks' Linear and LayerNorm layers train through
+kernels made of the ops Paddle's CPU build runs fast (cpu_ops.py); the
 math attention path permutes the fused qkv output once (einsum, a dense transpose) and runs one
 batched matmul pair; the scale multiplies the contiguous scores. Process-level settings (MKL
 CPU dispatch on AMD, glibc malloc thresholds: plsc/cpu.py) matter as much.
@@ -16,10 +16,10 @@ import paddle
 import numpy as np
 import paddle.nn as nn
 import paddle.nn.functional as F
-from paddle.autograd import PyLayer
 from paddle.nn import initializer as init
 
 from ..errors import ConfigError
+from .cpu_ops import LayerNorm, Linear
 
 
 # ---------------------------------------------------------------- initialisers (as ParamAttr)
@@ -100,48 +100,6 @@ class DropPath(nn.Layer):
 def dropout(rate):
     """Dropout layer, or Identity when the rate is 0 (skips a no-op kernel in every block)."""
     return nn.Dropout(rate) if rate > 0 else nn.Identity()
-
-
-# ---------------------------------------------------------------- fast CPU training ops
-
-class _LinearCPU(PyLayer):
-    """x @ W + b with the bias gradient as a matrix product, ones[1, M] @ dy[M, out].
-
-    Paddle's CPU add-grad reduces the broadcast bias with a column reduction that runs at
-    ~0.4 GFLOP/s: for ViT-Ti/16 at batch 32, 35 ms per fc1 backward and ~1 s of a 3 s training
-    step, where the same sum as a BLAS product takes 0.5 ms. The weight and input gradients are
-    the two products Paddle's matmul-grad computes anyway. Used on CPU, in dygraph training."""
-
-    @staticmethod
-    def forward(ctx, x, weight, bias):
-        ctx.save_for_backward(x, weight)
-        ctx.needs = (not x.stop_gradient, not weight.stop_gradient, not bias.stop_gradient)
-        return F.linear(x, weight, bias)
-
-    @staticmethod
-    def backward(ctx, dy):
-        x, weight = ctx.saved_tensor()
-        need_x, need_w, need_b = ctx.needs
-        dy2 = dy.reshape([-1, dy.shape[-1]])
-        dx = paddle.matmul(dy, weight, transpose_y=True) if need_x else None
-        dw = (paddle.matmul(x.reshape([-1, x.shape[-1]]), dy2, transpose_x=True)
-              if need_w else None)
-        db = (paddle.matmul(paddle.ones([1, dy2.shape[0]], dy.dtype), dy2).reshape([-1])
-              if need_b else None)
-        return dx, dw, db
-
-
-class Linear(nn.Linear):
-    """nn.Linear (same parameters and names) whose CPU training step uses `_LinearCPU`."""
-
-    def forward(self, x):
-        # The device is asked of paddle, not of x: under to_static x is a graph value whose
-        # `place` only warns (and the static graph never takes this path anyway).
-        if (self.bias is not None and self.training and paddle.in_dynamic_mode()
-                and paddle.is_grad_enabled() and paddle.get_device() == "cpu"
-                and not paddle.amp.is_autocast_enabled()):  # autocast: mixed-dtype gradients
-            return _LinearCPU.apply(x, self.weight, self.bias)
-        return super().forward(x)
 
 
 # ---------------------------------------------------------------- blocks
@@ -248,9 +206,9 @@ class Block(nn.Layer):
     def __init__(self, dim, num_heads, mlp_ratio=4.0, qkv_bias=True, drop=0.0, attn_drop=0.0,
                  drop_path_rate=0.0, epsilon=1e-6, act="gelu", attn_impl="math"):
         super().__init__()
-        self.norm1 = nn.LayerNorm(dim, epsilon=epsilon)
+        self.norm1 = LayerNorm(dim, epsilon=epsilon)
         self.attn = Attention(dim, num_heads, qkv_bias, attn_drop, drop, attn_impl)
-        self.norm2 = nn.LayerNorm(dim, epsilon=epsilon)
+        self.norm2 = LayerNorm(dim, epsilon=epsilon)
         self.mlp = Mlp(dim, int(dim * mlp_ratio), act, drop)
         self.drop_path = DropPath(drop_path_rate) if drop_path_rate > 0 else nn.Identity()
 

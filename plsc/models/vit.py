@@ -17,6 +17,7 @@ import paddle.nn as nn
 from ..config.types import between, ge, gt
 from ..errors import ConfigError
 from ..vit_spec import HEAD_NAMES, pool_tokens, spec_from_kwargs
+from .cpu_ops import LayerNorm
 from .layers import Block, PatchEmbed, constant, dropout, normal, xavier_uniform
 
 
@@ -103,7 +104,7 @@ class VisionTransformer(nn.Layer):
                   rates[i], epsilon, act, self.attn_impl)
             for i in range(depth)
         ])
-        self.norm = nn.LayerNorm(embed_dim, epsilon=epsilon)
+        self.norm = LayerNorm(embed_dim, epsilon=epsilon)
         self.head0 = nn.Linear(embed_dim, representation_size, weight_attr=xavier_uniform(),
                                bias_attr=constant(0.0)) if representation_size else None
         # Zero head (and a constant bias, e.g. -10 for sigmoid training) as in the original.

@@ -59,7 +59,8 @@ def _watch_dtypes(model):
     seen = {"layer_norm": set(), "linear": set(), "softmax": set()}
     hooks = []
     for layer in model.sublayers():
-        kind = {paddle.nn.LayerNorm: "layer_norm", paddle.nn.Linear: "linear"}.get(type(layer))
+        kind = ("layer_norm" if isinstance(layer, paddle.nn.LayerNorm) else
+                "linear" if isinstance(layer, paddle.nn.Linear) else None)
         if kind:
             hooks.append(layer.register_forward_post_hook(
                 lambda _l, _i, out, kind=kind: seen[kind].add(str(out.dtype).split(".")[-1])))
