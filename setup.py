@@ -10,7 +10,7 @@ setup(
     version="0.1.0",
     description="PaddlePaddle large-scale training suite for Vision Transformers",
     packages=find_packages(include=["plsc", "plsc.*"]),
-    package_data={"plsc": ["resources/*"]},
+    package_data={"plsc": ["resources/*"], "plsc.models": ["*.cc"]},
     python_requires=">=3.9",
     install_requires=[line.strip() for line in open("requirements.txt") if line.strip()],
     extras_require={"test": ["pytest>=7", "scipy>=1.9"]},

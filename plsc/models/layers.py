@@ -19,7 +19,7 @@ import paddle.nn.functional as F
 from paddle.nn import initializer as init
 
 from ..errors import ConfigError
-from .cpu_ops import LayerNorm, Linear
+from .cpu_ops import LayerNorm, Linear, gelu, scaled_softmax
 
 
 # ---------------------------------------------------------------- initialisers (as ParamAttr)
@@ -179,7 +179,7 @@ class Attention(nn.Layer):
         # stride kernels later copy (forward and backward) at ~1/5 of the speed: ViT-Ti/16
         # attention fwd+bwd 27 ms vs 62 ms per block on CPU (equal with stride kernels off).
         q, k, v = paddle.unbind(paddle.einsum("bnshd->sbhnd", qkv), axis=0)  # each [B, H, N, Dh]
-        probs = F.softmax(paddle.matmul(q, k, transpose_y=True) * self.scale, axis=-1)
+        probs = scaled_softmax(self, paddle.matmul(q, k, transpose_y=True), self.scale)
         out = paddle.matmul(self.attn_drop(probs), v)  # [B, H, N, Dh]
         return paddle.einsum("bhnd->bnhd", out), probs
 
@@ -196,7 +196,7 @@ class Mlp(nn.Layer):
         self.drop2 = dropout(drop)
 
     def forward(self, x):
-        x = F.gelu(self.fc1(x), approximate=self.approximate)
+        x = gelu(self, self.fc1(x), self.approximate)
         return self.drop2(self.fc2(self.drop1(x)))
 
 
