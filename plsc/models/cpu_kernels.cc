@@ -101,20 +101,27 @@ class Pool {
   std::condition_variable wake_, done_;
 };
 
-// fn(begin, end) over [0, n) in contiguous chunks, one per thread.
+// fn(t, begin, end) over [0, n) in contiguous chunks, chunk t on thread t; returns the number
+// of chunks.
 template <typename Fn>
-void parallel_for(int64_t n, int64_t min_per_thread, Fn fn) {
+int64_t parallel_chunks(int64_t n, int64_t min_per_thread, Fn fn) {
   Pool& pool = Pool::get();
   const int64_t threads = std::max<int64_t>(1, std::min(pool.size(), n / min_per_thread));
   if (threads == 1) {
-    fn(int64_t{0}, n);
-    return;
+    fn(int64_t{0}, int64_t{0}, n);
+    return 1;
   }
   const int64_t chunk = (n + threads - 1) / threads;
   pool.run(threads, [&](int64_t t) {
-    const int64_t b = t * chunk, e = std::min(n, b + chunk);
-    if (b < e) fn(b, e);
+    const int64_t b = std::min(n, t * chunk), e = std::min(n, b + chunk);
+    fn(t, b, e);
   });
+  return threads;
+}
+
+template <typename Fn>
+void parallel_for(int64_t n, int64_t min_per_thread, Fn fn) {
+  parallel_chunks(n, min_per_thread, [&](int64_t, int64_t b, int64_t e) { fn(b, e); });
 }
 
 constexpr int64_t kMinElements = 1 << 16;  // below this a thread costs more than it saves
@@ -232,3 +239,107 @@ PD_BUILD_GRAD_OP(plsc_scaled_softmax)
     .Outputs({paddle::Grad("X")})
     .Attrs({"scale: float"})
     .SetKernelFn(PD_KERNEL(ScaledSoftmaxBackward));
+
+// ------------------------------------------------------------------- LayerNorm over the last axis
+// The forward output is Paddle's own kernel's (cpu_ops.py); these give the row statistics it
+// keeps for the backward and the backward itself, in one pass over each row:
+//   dx = rstd * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat)),  dxhat = dy * w,
+//   dw = sum over rows of dy * xhat,  db = sum over rows of dy  (per-thread partial sums).
+
+std::vector<paddle::Tensor> LayerNormStats(const paddle::Tensor& x, float epsilon) {
+  check(x, "plsc_layer_norm_stats input");
+  const int64_t d = last_dim(x);
+  const int64_t rows = x.numel() / d;
+  auto mean = paddle::empty({rows}, paddle::DataType::FLOAT32, paddle::CPUPlace());
+  auto rstd = paddle::empty({rows}, paddle::DataType::FLOAT32, paddle::CPUPlace());
+  const float* xp = x.data<float>();
+  float* mp = mean.data<float>();
+  float* rp = rstd.data<float>();
+  parallel_for(rows, std::max<int64_t>(1, kMinElements / d), [=](int64_t rb, int64_t re) {
+    for (int64_t r = rb; r < re; ++r) {
+      const float* xr = xp + r * d;
+      float sum = 0.0f;
+#pragma omp simd reduction(+ : sum)
+      for (int64_t j = 0; j < d; ++j) sum += xr[j];
+      const float m = sum / d;
+      float sq = 0.0f;
+#pragma omp simd reduction(+ : sq)
+      for (int64_t j = 0; j < d; ++j) sq += (xr[j] - m) * (xr[j] - m);
+      mp[r] = m;
+      rp[r] = 1.0f / std::sqrt(sq / d + epsilon);
+    }
+  });
+  return {mean, rstd};
+}
+
+PD_BUILD_OP(plsc_layer_norm_stats)
+    .Inputs({"X"})
+    .Outputs({"Mean", "Rstd"})
+    .Attrs({"epsilon: float"})
+    .SetKernelFn(PD_KERNEL(LayerNormStats));
+
+std::vector<paddle::Tensor> LayerNormGrad(const paddle::Tensor& x, const paddle::Tensor& weight,
+                                          const paddle::Tensor& mean, const paddle::Tensor& rstd,
+                                          const paddle::Tensor& dy) {
+  check(x, "plsc_layer_norm_backward input");
+  check(dy, "plsc_layer_norm_backward gradient");
+  const int64_t d = last_dim(x);
+  const int64_t rows = x.numel() / d;
+  auto dx = paddle::empty_like(x);
+  auto dw = paddle::empty({d}, paddle::DataType::FLOAT32, paddle::CPUPlace());
+  auto db = paddle::empty({d}, paddle::DataType::FLOAT32, paddle::CPUPlace());
+  const float* xp = x.data<float>();
+  const float* wp = weight.data<float>();
+  const float* mp = mean.data<float>();
+  const float* rp = rstd.data<float>();
+  const float* gp = dy.data<float>();
+  float* dxp = dx.data<float>();
+  // [thread][dw | db][d], in double: a thread may sum tens of thousands of rows
+  std::vector<double> partial(64 * 2 * d, 0.0);
+  double* pp = partial.data();
+  const int64_t chunks = parallel_chunks(
+      rows, std::max<int64_t>(1, kMinElements / d), [=](int64_t t, int64_t rb, int64_t re) {
+        double* pw = pp + t * 2 * d;
+        double* pb = pw + d;
+        std::vector<float> xhat(d), dxhat(d);
+        for (int64_t r = rb; r < re; ++r) {
+          const float* xr = xp + r * d;
+          const float* g = gp + r * d;
+          const float m = mp[r], s = rp[r];
+          float a = 0.0f, c = 0.0f;
+#pragma omp simd reduction(+ : a, c)
+          for (int64_t j = 0; j < d; ++j) {
+            const float xh = (xr[j] - m) * s;
+            const float dh = g[j] * wp[j];
+            xhat[j] = xh;
+            dxhat[j] = dh;
+            a += dh;
+            c += dh * xh;
+            pw[j] += g[j] * xh;
+            pb[j] += g[j];
+          }
+          a /= d;
+          c /= d;
+          float* o = dxp + r * d;
+#pragma omp simd
+          for (int64_t j = 0; j < d; ++j) o[j] = s * (dxhat[j] - a - xhat[j] * c);
+        }
+      });
+  float* dwp = dw.data<float>();
+  float* dbp = db.data<float>();
+  for (int64_t j = 0; j < d; ++j) {
+    double w = 0.0, b = 0.0;
+    for (int64_t t = 0; t < chunks; ++t) {
+      w += pp[t * 2 * d + j];
+      b += pp[t * 2 * d + d + j];
+    }
+    dwp[j] = static_cast<float>(w);
+    dbp[j] = static_cast<float>(b);
+  }
+  return {dx, dw, db};
+}
+
+PD_BUILD_OP(plsc_layer_norm_backward)  // not "_grad": Paddle reads that as a grad op
+    .Inputs({"X", "Weight", "Mean", "Rstd", "DOut"})
+    .Outputs({"DX", "DWeight", "DBias"})
+    .SetKernelFn(PD_KERNEL(LayerNormGrad));

@@ -1,5 +1,5 @@
-"""plsc's compiled CPU kernels (cpu_kernels.cc: GELU and scaled softmax, forward and backward),
-registered as Paddle custom operators.
+"""plsc's compiled CPU kernels (cpu_kernels.cc: GELU and scaled softmax forward and backward,
+LayerNorm statistics and backward), registered as Paddle custom operators.
 
 Built once per machine on first use (g++ against the installed Paddle's headers, ~10-20 s) into
 ~/.cache/plsc/cpu_kernels/<key>/ (PLSC_CACHE_DIR overrides ~/.cache/plsc), where the key covers
@@ -115,14 +115,34 @@ def _load():
     return True
 
 
+def _dense(t):
+    """The kernels index raw memory: a strided view is copied first."""
+    return t if t.is_contiguous() else t.contiguous()
+
+
 def gelu(x):
     from paddle import _C_ops
 
-    return _C_ops._run_custom_op("plsc_gelu", x)[0]
+    return _C_ops._run_custom_op("plsc_gelu", _dense(x))[0]
 
 
 def scaled_softmax(x, scale):
     """softmax(scale * x) over the last axis."""
     from paddle import _C_ops
 
-    return _C_ops._run_custom_op("plsc_scaled_softmax", x, float(scale))[0]
+    return _C_ops._run_custom_op("plsc_scaled_softmax", _dense(x), float(scale))[0]
+
+
+def layer_norm_stats(x2, epsilon):
+    """(mean, 1 / sqrt(var + epsilon)) of each row of x2 [N, D], each [N]."""
+    from paddle import _C_ops
+
+    return _C_ops._run_custom_op("plsc_layer_norm_stats", _dense(x2), float(epsilon))
+
+
+def layer_norm_grad(x2, weight, mean, rstd, dy2):
+    """(dx [N, D], dweight [D], dbias [D]) of LayerNorm over the rows of x2."""
+    from paddle import _C_ops
+
+    return _C_ops._run_custom_op("plsc_layer_norm_backward", _dense(x2), weight, mean, rstd,
+                                  _dense(dy2))

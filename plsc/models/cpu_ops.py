@@ -107,22 +107,33 @@ class Linear(nn.Linear):
 
 
 class _LayerNormCPU(PyLayer):
-    """LayerNorm over the last axis with weight and bias."""
+    """LayerNorm over the last axis with weight and bias. The backward is the compiled kernel's
+    when available (one pass per row), else written out in GEMMs and same-shape ops."""
 
     @staticmethod
     def forward(ctx, x, weight, bias, epsilon):
         d = x.shape[-1]
         x2 = x.reshape([-1, d])
-        xc = x2 - _expand_rows(_row_means(x2), d)
-        rstd = paddle.rsqrt(_row_means(xc * xc) + epsilon)
-        ctx.save_for_backward(xc * _expand_rows(rstd, d), rstd, weight)
         ctx.needs = (not x.stop_gradient, not weight.stop_gradient, not bias.stop_gradient)
+        ctx.compiled = cpu_kernels.available()
+        if ctx.compiled:  # keeps x (as Paddle's kernel does) and two [N] statistics
+            ctx.save_for_backward(x2, weight, *cpu_kernels.layer_norm_stats(x2, epsilon))
+        else:
+            xc = x2 - _expand_rows(_row_means(x2), d)
+            rstd = paddle.rsqrt(_row_means(xc * xc) + epsilon)
+            ctx.save_for_backward(xc * _expand_rows(rstd, d), rstd, weight)
         return F.layer_norm(x, [d], weight, bias, epsilon)
 
     @staticmethod
     def backward(ctx, dy):
-        xhat, rstd, weight = ctx.saved_tensor()
         need_x, need_w, need_b = ctx.needs
+        if ctx.compiled:
+            x2, weight, mean, rstd = ctx.saved_tensor()
+            dx, dw, db = cpu_kernels.layer_norm_grad(x2, weight, mean, rstd,
+                                                     dy.reshape(x2.shape))
+            return (dx.reshape(dy.shape) if need_x else None, dw if need_w else None,
+                    db if need_b else None)
+        xhat, rstd, weight = ctx.saved_tensor()
         n, d = xhat.shape
         dy2 = dy.reshape([n, d])
         dw = _column_sums(dy2 * xhat) if need_w else None
