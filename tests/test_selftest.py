@@ -27,7 +27,8 @@ EXPECTED = {
     "AMP bf16 O1 vs fp32": ("SKIP", CPU_AMP),
     "AMP bf16 O2 vs fp32": ("SKIP", CPU_AMP),
     "fp16 loss scaler: inf gradient": ("SKIP", CPU_AMP),
-    "attention sdpa vs math fp32": ("PASS", "forward 0, backward 0"),
+    # float noise: the math path's softmax is plsc's CPU kernel, sdpa's is Paddle's
+    "attention sdpa vs math fp32": ("PASS", "on CPU Paddle's sdpa runs its math backend"),
     "attention sdpa vs math fp16": ("SKIP", CPU_AMP),
     "attention sdpa vs math bf16": ("SKIP", CPU_AMP),
     "data parallel: 2 devices = 1 x batch 8": ("PASS", "after 3 momentum-SGD steps"),
@@ -85,12 +86,12 @@ def test_cpu_figures_are_the_measured_ones(full_run):
 
 
 def test_a_failing_check_fails_the_tool(tmp_path):
-    """A negative tolerance (the test-only hook) makes the exact sdpa/math agreement fail."""
+    """A negative tolerance (the test-only hook) makes the sdpa/math agreement fail."""
     r = selftest("--only", "attention", env={TOLERANCE_SCALE_ENV: "-1"})
     assert r.returncode == 1, r.stdout + r.stderr
     rows = table(r.stdout)
     status, figure, details = rows["attention sdpa vs math fp32"]
-    assert (status, figure) == ("FAIL", "0") and "exceeds the tolerance -1e-05" in details
+    assert status == "FAIL" and float(figure) < 1e-5 and "exceeds the tolerance -1e-05" in details
     assert rows.keys() == {f"attention sdpa vs math {d}" for d in ("fp32", "fp16", "bf16")}
     assert "0 passed, 1 failed, 2 skipped" in r.stdout
 

@@ -1,25 +1,20 @@
-"""CPU training kernels for the ViT's Linear and LayerNorm, built from the ops Paddle's CPU build
-runs fast.
+"""CPU training paths for the ViT's Linear, LayerNorm, GELU and attention softmax.
 
 Measured on a 2-core AMD EPYC, ViT-Ti/16 at batch 32 (tokens [32, 197, 192], MLP 768), Paddle
-3.3.1: the same-shape element-wise ops and BLAS products are fast (a multiply of 1.2M floats
-~0.1 ms), but the ops that broadcast a row or column vector (`x * w` with w [D], `x - mean` with
-mean [N, 1]) run at 0.7-2.5 ms, the column reduction in the bias gradient at ~0.4 GFLOP/s, and
-LayerNorm's backward kernel at 10-12 ms per call. So:
+3.3.1: same-shape element-wise ops and BLAS products are fast, but ops that broadcast a row or
+column vector run at 0.7-2.5 ms per 1.2M floats, the bias-gradient column reduction at ~0.4
+GFLOP/s, LayerNorm's backward kernel takes 10-12 ms per call, GELU forward + backward 14 ms at
+[32, 197, 768] and softmax ~8 ms on the scores, partly single-threaded. So, in training:
 
-- `Linear`: the forward adds the bias inside the GEMM (`addmm`, 9.7 vs 11.7 ms for fc1); the
-  bias gradient is ones[1, M] @ dy (0.5 ms where Paddle's reduction took 35 ms).
-- `LayerNorm`: the forward is Paddle's own kernel (the output is bit-identical to
-  nn.LayerNorm); it also keeps the normalised input and 1/std for the backward, which is
-  written out (dx = rstd * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat))) with the row
-  means as GEMMs against a [D, 1] column of 1/D and every row/column broadcast as a K=1 GEMM
-  against a row of ones: 4 ms instead of 12 per call, 25 calls per ViT-Ti step.
-- `gelu` and `scaled_softmax` (the attention's softmax(scale * scores)): compiled kernels
-  (cpu_kernels.cc, built once per machine by cpu_kernels.py): GELU forward + backward 14 -> 5 ms
-  at [32, 197, 768], scaled softmax 8 -> 4 ms at [32, 3, 197, 197]. Without a compiler, Paddle's.
-All equal float64 numpy results within float32 noise (tests/test_speed_paths.py). They run only
-in float32 dygraph training on CPU without autocast; everywhere else (GPU, eval, to_static, AMP)
-the layers are exactly Paddle's.
+- `Linear`: the bias is added inside the GEMM (`addmm`); its gradient is ones[1, M] @ dy.
+- `LayerNorm`: the forward output is Paddle's own kernel's (bit-identical to nn.LayerNorm); the
+  backward is the compiled kernel's (cpu_kernels.cc, one pass per row, ~1-2 ms), or without a
+  compiler the same formula written as GEMMs against ones and same-shape ops (~4 ms).
+- `gelu`, `scaled_softmax` (softmax(scale * scores) in one pass): the compiled kernels.
+All equal float64 numpy results within float32 noise (tests/test_speed_paths.py,
+tests/test_cpu_kernels.py). They apply in float32 dygraph training mode on CPU without autocast,
+with gradients on or off (recompute's gradient-free first pass must compute what its second pass
+computes); everywhere else (GPU, eval, to_static, AMP) the layers are exactly Paddle's.
 """
 import paddle
 import paddle.nn as nn
@@ -30,16 +25,16 @@ from . import cpu_kernels
 
 
 def _cpu_training(layer):
-    # The device is asked of paddle, not of the input: under to_static the input is a graph value
-    # whose `place` only warns (and the static graph never takes this path anyway).
-    return (layer.training and paddle.in_dynamic_mode() and paddle.is_grad_enabled()
-            and paddle.get_device() == "cpu"
+    # Gradients on or off alike: recompute runs the forward once without gradients and again
+    # with them, and both passes must compute the same values. The device is asked of paddle,
+    # not of the input: under to_static the input is a graph value whose `place` only warns
+    # (and the static graph never takes this path anyway).
+    return (layer.training and paddle.in_dynamic_mode() and paddle.get_device() == "cpu"
             and not paddle.amp.is_autocast_enabled())  # autocast: mixed-dtype gradients
 
 
 def _kernels_apply(layer, x):
-    return (_cpu_training(layer) and x.dtype == paddle.float32 and not x.stop_gradient
-            and cpu_kernels.available())
+    return _cpu_training(layer) and x.dtype == paddle.float32 and cpu_kernels.available()
 
 
 def gelu(layer, x, approximate=False):
