@@ -31,17 +31,10 @@ def data_root(tmp_path_factory):
 
 # ---------------------------------------------------------------- the CPU training Linear
 
-@pytest.mark.parametrize("frozen", [(), ("weight",), ("bias",), ("x",)])
-def test_cpu_linear_gradients_match_numpy(frozen):
-    from plsc.models.cpu_ops import Linear
-
-    rng = np.random.default_rng(0)
-    x_np = rng.standard_normal((3, 5, 8)).astype(np.float32)
-    g_np = rng.standard_normal((3, 5, 6)).astype(np.float32)
-    layer = Linear(8, 6)
+def _train_layer(layer, x_np, g_np, w_np, b_np, frozen):
+    """(x, y, layer) after y = layer(x) in training mode and backward of sum(y * g); the names
+    in `frozen` (x, weight, bias) get no gradient."""
     layer.train()
-    w_np = rng.standard_normal((8, 6)).astype(np.float32)
-    b_np = rng.standard_normal(6).astype(np.float32)
     layer.weight.set_value(w_np)
     layer.bias.set_value(b_np)
     x = paddle.to_tensor(x_np, stop_gradient="x" in frozen)
@@ -49,6 +42,19 @@ def test_cpu_linear_gradients_match_numpy(frozen):
     layer.bias.stop_gradient = "bias" in frozen
     y = layer(x)
     (y * paddle.to_tensor(g_np)).sum().backward()
+    return x, y, layer
+
+
+@pytest.mark.parametrize("frozen", [(), ("weight",), ("bias",), ("x",)])
+def test_cpu_linear_gradients_match_numpy(frozen):
+    from plsc.models.cpu_ops import Linear
+
+    rng = np.random.default_rng(0)
+    x_np = rng.standard_normal((3, 5, 8)).astype(np.float32)
+    g_np = rng.standard_normal((3, 5, 6)).astype(np.float32)
+    w_np = rng.standard_normal((8, 6)).astype(np.float32)
+    b_np = rng.standard_normal(6).astype(np.float32)
+    x, y, layer = _train_layer(Linear(8, 6), x_np, g_np, w_np, b_np, frozen)
 
     x64, g64 = x_np.astype(np.float64), g_np.astype(np.float64)
     np.testing.assert_allclose(y.numpy(), x64 @ w_np + b_np, rtol=0, atol=2e-6)
@@ -83,15 +89,7 @@ def test_cpu_layer_norm_matches_numpy(frozen, compiled, monkeypatch):
             + rng.uniform(-3, 3, (*rows, 1))).astype(np.float32)
     g_np = rng.standard_normal((*rows, 24)).astype(np.float32)
     w_np, b_np = rng.standard_normal((2, 24)).astype(np.float32)
-    layer = LayerNorm(24, epsilon=1e-6)
-    layer.train()
-    layer.weight.set_value(w_np)
-    layer.bias.set_value(b_np)
-    x = paddle.to_tensor(x_np, stop_gradient="x" in frozen)
-    layer.weight.stop_gradient = "weight" in frozen
-    layer.bias.stop_gradient = "bias" in frozen
-    y = layer(x)
-    (y * paddle.to_tensor(g_np)).sum().backward()
+    x, y, layer = _train_layer(LayerNorm(24, epsilon=1e-6), x_np, g_np, w_np, b_np, frozen)
 
     x64, g64, w64 = x_np.astype(np.float64), g_np.astype(np.float64), w_np.astype(np.float64)
     mu = x64.mean(-1, keepdims=True)
