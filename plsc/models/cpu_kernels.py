@@ -25,8 +25,8 @@ import tempfile
 
 SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "cpu_kernels.cc")
 # -ffast-math lets GCC call glibc's vectorised erff/expf (libmvec); see cpu_kernels.cc.
-CXXFLAGS = ["-O3", "-march=native", "-ffast-math", "-fopenmp-simd", "-pthread", "-fPIC", "-shared", "-std=c++17",
-            "-w", "-DPADDLE_WITH_CUSTOM_KERNEL"]
+CXXFLAGS = ["-O3", "-march=native", "-ffast-math", "-fopenmp-simd", "-pthread", "-fPIC", "-shared",
+            "-std=c++17", "-w", "-DPADDLE_WITH_CUSTOM_KERNEL"]
 LIB_NAME = "plsc_cpu_kernels.so"
 _log = logging.getLogger("plsc")
 _state = {}  # "ops": True once registered, or the reason they are not (a process-wide fact)
@@ -120,29 +120,29 @@ def _dense(t):
     return t if t.is_contiguous() else t.contiguous()
 
 
-def gelu(x):
+def _run(op, *args):
+    """The registered operator `op` on args (tensors copied dense: the kernels index raw
+    memory); a list of its outputs."""
     from paddle import _C_ops
 
-    return _C_ops._run_custom_op("plsc_gelu", _dense(x))[0]
+    return _C_ops._run_custom_op(op, *[a if not hasattr(a, "is_contiguous") or a.is_contiguous()
+                                       else a.contiguous() for a in args])
+
+
+def gelu(x):
+    return _run("plsc_gelu", x)[0]
 
 
 def scaled_softmax(x, scale):
     """softmax(scale * x) over the last axis."""
-    from paddle import _C_ops
-
-    return _C_ops._run_custom_op("plsc_scaled_softmax", _dense(x), float(scale))[0]
+    return _run("plsc_scaled_softmax", x, float(scale))[0]
 
 
 def layer_norm_stats(x2, epsilon):
     """(mean, 1 / sqrt(var + epsilon)) of each row of x2 [N, D], each [N]."""
-    from paddle import _C_ops
-
-    return _C_ops._run_custom_op("plsc_layer_norm_stats", _dense(x2), float(epsilon))
+    return _run("plsc_layer_norm_stats", x2, float(epsilon))
 
 
 def layer_norm_grad(x2, weight, mean, rstd, dy2):
     """(dx [N, D], dweight [D], dbias [D]) of LayerNorm over the rows of x2."""
-    from paddle import _C_ops
-
-    return _C_ops._run_custom_op("plsc_layer_norm_backward", _dense(x2), weight, mean, rstd,
-                                  _dense(dy2))
+    return _run("plsc_layer_norm_backward", x2, weight, mean, rstd, dy2)

@@ -4,11 +4,12 @@ Every parameter is created with its final initializer (no re-initialisation pass
 ViT-H/14 costs one random fill per tensor. Initialisers follow the original JAX/Flax ViT:
 Dense kernels xavier-uniform, MLP biases N(0, 1e-6), other biases 0, patch conv LeCun normal.
 
-Speed notes (CPU, ViT-Ti/16 training): the blocks' Linear and LayerNorm layers train through
-kernels made of the ops Paddle's CPU build runs fast (cpu_ops.py); the
-math attention path permutes the fused qkv output once (einsum, a dense transpose) and runs one
-batched matmul pair; the scale multiplies the contiguous scores. Process-level settings (MKL
-CPU dispatch on AMD, glibc malloc thresholds: plsc/cpu.py) matter as much.
+Speed notes (CPU, ViT-Ti/16 training): the blocks' Linear, LayerNorm, GELU and attention
+softmax train through cpu_ops.py (BLAS forms and compiled kernels); the math attention path
+permutes the fused qkv output once (einsum, a dense transpose) and runs one batched matmul pair;
+the scale is applied to the contiguous scores (inside the softmax kernel when it runs).
+Process-level settings (MKL CPU dispatch on AMD, glibc malloc thresholds: plsc/cpu.py) matter
+as much.
 """
 import math
 
