@@ -137,3 +137,22 @@ def test_training_falls_back_to_paddle_kernels(tmp_path, monkeypatch, env, warne
     else:  # not even tried
         assert warnings == [] and not [ln for ln in out if "building plsc's CPU kernels" in ln]
         assert not os.path.exists(tmp_path / "cache")
+
+
+def test_a_damaged_cached_library_is_one_warning_line(tmp_path, monkeypatch):
+    """A truncated .so in the cache (e.g. a disk filled mid-copy): one line naming the file and
+    how to rebuild, and training goes on with Paddle's kernels."""
+    monkeypatch.setenv("PLSC_CACHE_DIR", str(tmp_path / "cache"))
+    lib_dir = cpu_kernels.cache_dir()
+    os.makedirs(lib_dir)
+    with open(os.path.join(lib_dir, cpu_kernels.LIB_NAME), "w") as f:
+        f.write("not a library")
+    path = tiny_config(tmp_path, tmp_path / "data", epochs=1, train_size=8, val_size=4,
+                       **{"Global.eval_during_train": False})
+    r = run_tool("train", ["-c", path])
+    assert r.returncode == 0, r.stderr[-2000:]
+    out = (r.stdout + r.stderr).splitlines()
+    i = next(i for i, ln in enumerate(out) if "CPU kernels are not available" in ln)
+    assert f"(cannot load {os.path.join(lib_dir, cpu_kernels.LIB_NAME)}: " in out[i]
+    assert f"; delete {lib_dir} to rebuild): CPU training uses Paddle's slower" in out[i]
+    assert "[Train]" in out[i + 1]  # the reason did not spill onto further lines

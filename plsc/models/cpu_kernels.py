@@ -110,8 +110,9 @@ def _load():
             return reason
     try:
         load_op_meta_info_and_register_op(lib)
-    except Exception as e:  # a stale or foreign library: say so and use Paddle's kernels
-        return f"cannot load {lib}: {e}"
+    except Exception as e:  # a damaged or foreign library: say so and use Paddle's kernels
+        first = next((ln.strip() for ln in str(e).splitlines() if ln.strip()), type(e).__name__)
+        return f"cannot load {lib}: {first}; delete {out_dir} to rebuild"
     return True
 
 
